@@ -1,0 +1,1 @@
+"""The fleet simulator (its own issue): device physics, faults, ground truth."""

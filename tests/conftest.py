@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from twin import Fleet, FleetModel, VirtualClock
+
+START = 1767225600.0   # 2026-01-01T00:00:00Z
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock(start=START)
+
+
+@pytest.fixture
+def example_dict() -> dict[str, Any]:
+    """The fleet of the issue's example, plus a second site and region."""
+    return {
+        "defaults": {"report_interval_s": 10, "offline_after_s": 30},
+        "owners": [{"id": "acme", "regions": [
+            {"id": "north", "sites": [
+                {"id": "alpha", "assets": [
+                    {"id": "t-01", "kind": "turbine", "rated_kw": 3000},
+                    {"id": "b-01", "kind": "battery", "rated_kw": 5000, "capacity_kwh": 13500},
+                    {"id": "c-01", "kind": "charger", "rated_kw": 150}]},
+                {"id": "gamma", "assets": [
+                    {"id": "t-02", "kind": "turbine", "rated_kw": 2000}]}]},
+            {"id": "south", "sites": [
+                {"id": "beta", "assets": [
+                    {"id": "b-02", "kind": "battery", "rated_kw": 10, "capacity_kwh": 13.5}]}]},
+        ]}],
+        "groups": {"grid/ercot": ["acme/north/alpha", "b-02"]},
+    }
+
+
+@pytest.fixture
+def model(example_dict: dict[str, Any]) -> FleetModel:
+    return FleetModel.from_dict(example_dict)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-shard", "2-shards"])
+def shards(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+@pytest.fixture
+def fleet(model: FleetModel, clock: VirtualClock, shards: int) -> Iterator[Fleet]:
+    with Fleet(model, clock=clock, shards=shards) as running:
+        yield running

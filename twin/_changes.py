@@ -1,0 +1,193 @@
+"""Changes to the fleet model in time: ``fleet.apply(change, effective=ts)``.
+
+Each change validates against the current model, applies, and leaves a :class:`ModelVersion`
+holding what is needed to undo it, so :meth:`FleetModel.at` can rebuild any past version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from twin._errors import ModelError, UnknownAsset
+from twin._model import AssetSpec, FleetModel
+
+
+@dataclass(frozen=True, slots=True)
+class AddOwner:
+    owner: str
+
+    def apply(self, model: FleetModel) -> Any:
+        model.add_owner(_check_id(self.owner, "owner"), where="AddOwner")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AddRegion:
+    owner: str
+    region: str
+
+    def apply(self, model: FleetModel) -> Any:
+        model.add_region(self.owner, _check_id(self.region, "region"), where="AddRegion")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AddSite:
+    region: str          # "owner/region"
+    site: str
+
+    def apply(self, model: FleetModel) -> Any:
+        model.add_site(self.region, _check_id(self.site, "site"), where="AddSite")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AddAsset:
+    site: str            # site id or path
+    asset: Mapping[str, Any] = field(hash=False)
+
+    def apply(self, model: FleetModel) -> Any:
+        return model.add_asset(model.site(self.site).id, self.asset, where="AddAsset.asset")
+
+
+@dataclass(frozen=True, slots=True)
+class DecommissionAsset:
+    asset: str
+
+    def apply(self, model: FleetModel) -> Any:
+        spec = model.asset(self.asset)
+        del model.sites[spec.site].assets[spec.id]
+        del model.assets[spec.id]
+        model.retired[spec.id] = spec
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class MoveAsset:
+    asset: str
+    to_site: str
+
+    def apply(self, model: FleetModel) -> Any:
+        spec = model.asset(self.asset)
+        target = model.site(self.to_site)
+        if target.id == spec.site:
+            raise ModelError(f"MoveAsset: asset {spec.id!r} is already in site {target.id!r}")
+        moved = replace(spec, site=target.id)
+        del model.sites[spec.site].assets[spec.id]
+        target.assets[spec.id] = moved
+        model.assets[spec.id] = moved
+        return spec.site
+
+
+@dataclass(frozen=True, slots=True)
+class MoveSite:
+    site: str
+    to_region: str       # "owner/region", possibly of another owner
+
+    def apply(self, model: FleetModel) -> Any:
+        site = model.site(self.site)
+        owner_id, region_id = model.split_region(self.to_region)
+        if (owner_id, region_id) == (site.owner, site.region):
+            raise ModelError(f"MoveSite: site {site.id!r} is already in {self.to_region}")
+        previous = site.region_path
+        del model.owners[site.owner][site.region][site.id]
+        site.owner, site.region = owner_id, region_id
+        model.owners[owner_id][region_id][site.id] = site
+        return previous
+
+
+Change = AddOwner | AddRegion | AddSite | AddAsset | DecommissionAsset | MoveAsset | MoveSite
+
+_BY_OP: dict[str, type[Any]] = {
+    "add_owner": AddOwner, "add_region": AddRegion, "add_site": AddSite,
+    "add_asset": AddAsset, "decommission_asset": DecommissionAsset,
+    "move_asset": MoveAsset, "move_site": MoveSite,
+}
+
+
+def change_from_dict(raw: Mapping[str, Any]) -> Change:
+    """A change from JSON, e.g. ``{"op": "move_asset", "asset": "t-01", "to_site": "beta"}``."""
+    if not isinstance(raw, Mapping) or "op" not in raw:
+        raise ModelError(f"a change is an object with an 'op' ({', '.join(_BY_OP)}), got {raw!r}")
+    cls = _BY_OP.get(raw["op"])
+    if cls is None:
+        raise ModelError(f"change op {raw['op']!r} is unknown (valid: {', '.join(_BY_OP)})")
+    args = {k: v for k, v in raw.items() if k != "op"}
+    try:
+        change: Change = cls(**args)
+    except TypeError as exc:
+        raise ModelError(f"change {raw['op']!r}: {exc}") from None
+    return change
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One entry of the model's history."""
+
+    version: int
+    effective: float
+    recorded_at: float
+    change: Change
+    undo: Any = field(compare=False, repr=False)
+
+
+def apply_change(model: FleetModel, change: Change, effective: float, recorded_at: float
+                 ) -> ModelVersion:
+    """Apply ``change`` to ``model`` (all or nothing) and append it to the history."""
+    if effective < model.effective_from:
+        raise ModelError(f"change effective at {effective:.3f} is earlier than the latest recorded "
+                         f"version ({model.effective_from:.3f}); history is append-only")
+    if not isinstance(change, Change):
+        raise ModelError(f"not a model change: {change!r}")
+    undo_info = change.apply(model)
+    model.version += 1
+    model.effective_from = effective
+    entry = ModelVersion(model.version, effective, recorded_at, change, undo_info)
+    model.history.append(entry)
+    return entry
+
+
+def undo(model: FleetModel, entry: ModelVersion) -> None:
+    """Revert ``entry`` on ``model`` (used to rebuild past versions)."""
+    change = entry.change
+    if isinstance(change, AddOwner):
+        del model.owners[change.owner]
+    elif isinstance(change, AddRegion):
+        del model.owners[change.owner][change.region]
+    elif isinstance(change, AddSite):
+        site = model.sites.pop(change.site)
+        del model.owners[site.owner][site.region][site.id]
+    elif isinstance(change, AddAsset):
+        spec: AssetSpec = entry.undo
+        del model.sites[spec.site].assets[spec.id]
+        del model.assets[spec.id]
+    elif isinstance(change, DecommissionAsset):
+        spec = entry.undo
+        model.retired.pop(spec.id, None)
+        model.sites[spec.site].assets[spec.id] = spec
+        model.assets[spec.id] = spec
+    elif isinstance(change, MoveAsset):
+        spec = model.assets[change.asset]
+        back = replace(spec, site=entry.undo)
+        del model.sites[spec.site].assets[spec.id]
+        model.sites[back.site].assets[spec.id] = back
+        model.assets[spec.id] = back
+    elif isinstance(change, MoveSite):
+        site = model.site(change.site)
+        owner_id, region_id = entry.undo.split("/", 1)
+        del model.owners[site.owner][site.region][site.id]
+        site.owner, site.region = owner_id, region_id
+        model.owners[owner_id][region_id][site.id] = site
+
+
+def _check_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or "/" in value:
+        raise ModelError(f"{what}: expected a non-empty id without '/', got {value!r}")
+    return value
+
+
+__all__ = ["AddAsset", "AddOwner", "AddRegion", "AddSite", "Change", "DecommissionAsset",
+           "ModelVersion", "MoveAsset", "MoveSite", "UnknownAsset", "apply_change",
+           "change_from_dict", "undo"]

@@ -1,0 +1,541 @@
+"""The ``Fleet`` facade: what a control application embeds.
+
+Threading model: every public method takes the fleet's lock, so a fleet may be shared between
+threads; they are served one at a time. With a real clock (no ``clock=``) a daemon ticker
+thread takes the same lock every ``tick_interval_s`` to fire due timers, so offline detection
+never waits for the next API call. With a ``VirtualClock`` nothing runs on its own: time moves
+only in :meth:`Fleet.advance`. Subscription callbacks run on whichever thread caused the
+change, while the lock is held: keep them short (asyncio code: see :mod:`twin.aio`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from actors.asset import CommandAccepted, Unavailable
+from supervisors import SupervisionPolicy
+from twin._changes import (
+    AddAsset,
+    AddSite,
+    Change,
+    DecommissionAsset,
+    ModelVersion,
+    MoveAsset,
+    apply_change,
+)
+from twin._clock import Clock, RealClock, VirtualClock
+from twin._errors import (
+    AssetUnavailable,
+    FleetClosed,
+    InvalidCommand,
+    ModelError,
+    TwinError,
+    UnknownAsset,
+)
+from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
+from twin._model import FleetModel
+from twin._rollup import Rollup
+from twin._samples import OUTCOMES, REJECTED, IngestReport, Sample, SampleError
+from twin._shard import ShardConfig, ShardOutput, Transition, partial_key
+from twin._tree import RollupTree
+from twin._views import AssetView, CommandReceipt
+
+log = structlog.get_logger("twin.fleet")
+
+RollupCallback = Callable[[Rollup], None]
+
+
+class Subscription:
+    """A live subscription to one roll-up; ``cancel()`` ends it."""
+
+    def __init__(self, fleet: Fleet, node_key: str, path: str, callback: RollupCallback) -> None:
+        self._fleet = fleet
+        self.node_key = node_key
+        self.path = path
+        self.callback = callback
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._fleet._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChange:
+    """A model change scheduled for a future effective time."""
+
+    effective: float
+    change: Change
+
+
+class Fleet:
+    """A running fleet: one actor per asset under supervisor trees, with live roll-ups.
+
+    ``Fleet(model)`` runs embedded, in this process, on Thespian's ``simpleSystemBase``.
+    ``shards`` splits the sites over several shard hosts (placement by site, balanced by
+    asset count). ``supervision`` is the policy of each site's supervisor over its assets;
+    ``site_supervision`` that of each shard's supervisor over its sites. ``command_sink`` is
+    called with ``(asset_id, desired)`` for every accepted command (the transport to devices).
+    """
+
+    def __init__(self, model: FleetModel, *, clock: Clock | None = None,
+                 system: str = EMBEDDED_BASE, shards: int = 1,
+                 supervision: SupervisionPolicy | None = None,
+                 site_supervision: SupervisionPolicy | None = None,
+                 command_sink: Callable[[str, Mapping[str, Any]], None] | None = None,
+                 seed: int = 0, tick_interval_s: float = 0.5, resend_every_s: float = 60.0,
+                 transitions_kept: int = 1000, call_timeout_s: float = 60.0) -> None:
+        if not isinstance(model, FleetModel):
+            raise TypeError(f"Fleet needs a FleetModel, got {type(model).__name__}")
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+        self.model = model
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._command_sink = command_sink
+        self._resend_every_s = resend_every_s
+        self._last_resend = self.clock.now()
+        self._pending: list[tuple[float, int, Change]] = []
+        self._pending_seq = 0
+        self._subs: dict[str, list[Subscription]] = {}
+        self._recent: deque[Transition] = deque(maxlen=transitions_kept)
+        self._counters: dict[str, int] = {f"samples_{name}": 0 for name in OUTCOMES}
+        self._counters.update(batches=0, transitions=0, callback_errors=0, model_changes=0,
+                              scheduled_change_failures=0)
+        self._tree = RollupTree(self.clock.now)
+        self._hosting = Hosting(system, shards, call_timeout_s)
+        self._shards: list[ShardClient] = self._hosting.shards
+        self._site_shard: dict[str, int] = {}
+        self._direct: dict[str, tuple[str, ...]] = {}   # asset id → groups listing it directly
+        try:
+            policy = supervision or SupervisionPolicy()
+            site_policy = site_supervision or SupervisionPolicy(max_restarts=3, within_s=600.0)
+            for shard in self._shards:
+                shard.configure(ShardConfig(shard.index, model.defaults, model.kinds, policy,
+                                            site_policy, seed))
+            self._build()
+        except BaseException:
+            self._hosting.shutdown()
+            raise
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+        if not isinstance(self.clock, VirtualClock):
+            self._ticker = threading.Thread(target=self._tick_loop, args=(tick_interval_s,),
+                                            name="twin-ticker", daemon=True)
+            self._ticker.start()
+
+    # -- building -------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        model = self.model
+        load = [0] * len(self._shards)
+        # biggest sites first onto the least loaded shard: explicit, even placement
+        for site in sorted(model.sites.values(), key=lambda s: (-len(s.assets), s.id)):
+            index = min(range(len(load)), key=load.__getitem__)
+            self._site_shard[site.id] = index
+            load[index] += len(site.assets) or 1
+        self._direct = self._direct_memberships()
+        for shard in self._shards:
+            site_ids = [s for s, i in self._site_shard.items() if i == shard.index]
+            for site_id in site_ids:
+                shard.call("add_site", site_id)
+            specs = [spec for site_id in site_ids for spec in model.sites[site_id].assets.values()]
+            direct = {a: g for a, g in self._direct.items() if a in model.assets and
+                      self._site_shard[model.assets[a].site] == shard.index}
+            shard.call("add_assets", specs, direct)
+        self._tree.wire(model, self._partial_leaves())
+        self._collect_all()
+
+    def _direct_memberships(self) -> dict[str, tuple[str, ...]]:
+        direct: dict[str, list[str]] = {}
+        for name in self.model.groups:
+            _, assets = self.model.group_coverage(name)
+            for asset_id in assets:
+                direct.setdefault(asset_id, []).append(name)
+        return {a: tuple(sorted(g)) for a, g in direct.items()}
+
+    def _partial_leaves(self) -> list[tuple[str, str]]:
+        leaves = set()
+        for asset_id, groups in self._direct.items():
+            spec = self.model.assets.get(asset_id)
+            if spec is not None:
+                for name in groups:
+                    leaves.add((partial_key(name, self._site_shard[spec.site]), name))
+        return sorted(leaves)
+
+    # -- ingestion ------------------------------------------------------------------------
+
+    def ingest(self, samples: Iterable[Sample]) -> IngestReport:
+        """Apply a batch of samples; returns per-outcome counts (see :class:`IngestReport`).
+
+        A malformed sample is rejected with an error naming its index, field and value; it
+        never takes its batch-mates down.
+        """
+        batch = samples if isinstance(samples, list) else list(samples)
+        report = IngestReport()
+        with self._lock:
+            self._check_open()
+            now = self.clock.now()
+            self._fire_scheduled(now)
+            clean, indices = self._screen(batch, report)
+            if len(self._shards) == 1:
+                self._absorb(self._shards[0].call("ingest", now, clean, indices), report)
+            else:
+                for shard, (part, part_indices) in self._route(clean, indices, report).items():
+                    self._absorb(shard.call("ingest", now, part, part_indices), report)
+            self._counters["batches"] += 1
+            for name, n in report.counts().items():
+                self._counters[f"samples_{name}"] += n
+            self._notify()
+        return report
+
+    def _screen(self, batch: list[Any], report: IngestReport
+                ) -> tuple[list[Sample], list[int] | None]:
+        if all(type(s) is Sample for s in batch):
+            return batch, None
+        clean: list[Sample] = []
+        indices: list[int] = []
+        for i, s in enumerate(batch):
+            if type(s) is Sample:
+                clean.append(s)
+                indices.append(i)
+            else:
+                report.rejected += 1
+                report.errors.append(SampleError(i, getattr(s, "asset_id", None), "sample",
+                                                 type(s).__name__, "expected a twin.Sample"))
+        return clean, indices
+
+    def _route(self, batch: list[Sample], indices: list[int] | None, report: IngestReport
+               ) -> dict[ShardClient, tuple[list[Sample], list[int]]]:
+        parts: dict[ShardClient, tuple[list[Sample], list[int]]] = {}
+        assets = self.model.assets
+        site_shard = self._site_shard
+        for i, sample in enumerate(batch):
+            index = indices[i] if indices else i
+            spec = assets.get(sample.asset_id) if isinstance(sample.asset_id, str) else None
+            if spec is None:
+                report.rejected += 1
+                report.errors.append(SampleError(index, sample.asset_id, "asset_id",
+                                                 sample.asset_id,
+                                                 "unknown asset: not in the fleet model"))
+                continue
+            shard = self._shards[site_shard[spec.site]]
+            part = parts.get(shard)
+            if part is None:
+                part = parts[shard] = ([], [])
+            part[0].append(sample)
+            part[1].append(index)
+        return parts
+
+    def _absorb(self, output: ShardOutput, report: IngestReport | None = None) -> None:
+        if report is not None and output.counts is not None:
+            report.add_counts(output.counts)
+            report.errors.extend(output.errors)
+        if output.transitions:
+            self._recent.extend(output.transitions)
+            self._counters["transitions"] += len(output.transitions)
+        self._tree.absorb(output.summaries)
+
+    def _collect_all(self, full: bool = False) -> None:
+        for shard in self._shards:
+            self._absorb(shard.call("collect", full))
+        self._notify()
+
+    # -- time -----------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> float:
+        """Move a ``VirtualClock`` forward and run every timer now due; returns the time."""
+        with self._lock:
+            self._check_open()
+            if not isinstance(self.clock, VirtualClock):
+                raise TypeError("advance() needs a VirtualClock; the real clock runs on its own")
+            target = self.clock.now() + seconds
+            if not seconds >= 0:
+                raise ValueError(f"time only moves forward: advance({seconds!r})")
+            # stop at every scheduled model change, so timers and changes keep their order
+            while self._pending and self._pending[0][0] <= target:
+                self.clock.jump_to(max(self._pending[0][0], self.clock.now()))
+                self._tick(self.clock.now())
+            self.clock.jump_to(target)
+            self._tick(target)
+            return target
+
+    def tick(self) -> None:
+        """Run every timer due at the clock's current time (the ticker thread calls this)."""
+        with self._lock:
+            self._check_open()
+            self._tick(self.clock.now())
+
+    def _tick(self, now: float) -> None:
+        self._fire_scheduled(now)
+        full = now - self._last_resend >= self._resend_every_s
+        if full:
+            self._last_resend = now
+        for shard in self._shards:
+            self._absorb(shard.call("tick", now))
+            if full:
+                self._absorb(shard.call("collect", True))
+        self._notify()
+
+    def _tick_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.tick()
+            except FleetClosed:
+                return
+            except Exception:
+                log.exception("tick_failed")
+
+    # -- queries --------------------------------------------------------------------------
+
+    def rollup(self, path: str) -> Rollup:
+        """The roll-up of an owner, region, site (``owner/region/site``) or extra group."""
+        with self._lock:
+            self._check_open()
+            return self._tree.lookup(path).snapshot()
+
+    def rollups(self, level: str | None = None) -> dict[str, Rollup]:
+        """Every roll-up (of one ``level``: owner, region, site, group), by path."""
+        with self._lock:
+            return {p: self._tree.lookup(p).snapshot() for p in self._tree.paths(level)}
+
+    def asset(self, asset_id: str) -> AssetView:
+        with self._lock:
+            self._check_open()
+            spec = self.model.asset(asset_id)
+            view = self._shard_of(asset_id).call("asset_view", asset_id)
+            quality = {"accepted": view["accepted"], **view["quality"]}
+            return AssetView(spec.id, spec.kind, self.model.sites[spec.site].path,
+                             view["state"], spec.expected(), view["desired"], view["reported"],
+                             view["last_seen"], view["last_sample_ts"], quality,
+                             view["restarts"], self.clock.now())
+
+    def transitions(self, limit: int | None = None) -> list[Transition]:
+        """Recent state transitions, oldest first."""
+        with self._lock:
+            items = list(self._recent)
+        return items if limit is None else items[-limit:]
+
+    def model_at(self, when: float) -> FleetModel:
+        """The model version that governed at ``when``."""
+        with self._lock:
+            return self.model.at(when)
+
+    def metrics(self) -> dict[str, Any]:
+        with self._lock:
+            self._check_open()
+            out: dict[str, Any] = dict(self._counters)
+            shards = [shard.call("metrics") for shard in self._shards]
+            for key in ("failures", "restarts", "quarantines", "escalations"):
+                out[f"supervisor_{key}"] = sum(s[key] for s in shards)
+            out["assets"] = sum(s["assets"] for s in shards)
+            out["shards"] = len(shards)
+            out["subscriptions"] = sum(len(v) for v in self._subs.values())
+            out["pending_changes"] = len(self._pending)
+            out["model_version"] = self.model.version
+            return out
+
+    # -- control --------------------------------------------------------------------------
+
+    def command(self, asset_id: str, payload: Mapping[str, Any]) -> CommandReceipt:
+        """Send a command to an asset; refused with :class:`AssetUnavailable` unless online,
+        :class:`InvalidCommand` if its kind does not take it."""
+        with self._lock:
+            self._check_open()
+            self.model.asset(asset_id)
+            now = self.clock.now()
+            output = self._shard_of(asset_id).call("command", now, asset_id, payload)
+            self._absorb(output)
+            self._notify()
+            reply = output.reply
+            if isinstance(reply, Unavailable):
+                raise AssetUnavailable(reply.asset_id, reply.state, reply.last_seen)
+            if isinstance(reply, InvalidCommand):
+                raise reply
+            if not isinstance(reply, CommandAccepted):
+                raise TwinError(f"asset {asset_id!r} failed while handling the command "
+                                f"({reply!r}); it is being restarted")
+            if self._command_sink is not None:
+                self._command_sink(asset_id, reply.desired)
+            return CommandReceipt(asset_id, reply.desired, now)
+
+    def inject_fault(self, asset_id: str, reason: str = "injected fault") -> None:
+        """Make the asset's actor raise inside its handler (chaos testing of supervision)."""
+        with self._lock:
+            self._check_open()
+            self.model.asset(asset_id)
+            self._absorb(self._shard_of(asset_id).call("inject_fault", self.clock.now(),
+                                                       asset_id, reason))
+            self._notify()
+
+    def release(self, asset_id: str) -> None:
+        """Let a quarantined asset run again (it is ``unknown`` until it reports)."""
+        with self._lock:
+            self._check_open()
+            self.model.asset(asset_id)
+            self._absorb(self._shard_of(asset_id).call("release", self.clock.now(), asset_id))
+            self._notify()
+
+    # -- model changes --------------------------------------------------------------------
+
+    def apply(self, change: Change, effective: float | None = None
+              ) -> ModelVersion | PendingChange:
+        """Change the model, effective at unix time ``effective`` (default: now).
+
+        A past or present effective time applies at once (roll-ups follow before this
+        returns) and is recorded in the model's history at that time; a future one is
+        scheduled and applied when the clock gets there.
+        """
+        with self._lock:
+            self._check_open()
+            now = self.clock.now()
+            when = now if effective is None else float(effective)
+            if when > now:
+                bisect.insort(self._pending, (when, self._pending_seq, change),
+                              key=lambda item: (item[0], item[1]))
+                self._pending_seq += 1
+                return PendingChange(when, change)
+            version = self._apply_now(change, when, now)
+            self._notify()
+            return version
+
+    def pending_changes(self) -> list[PendingChange]:
+        with self._lock:
+            return [PendingChange(when, change) for when, _, change in self._pending]
+
+    def _fire_scheduled(self, now: float) -> None:
+        while self._pending and self._pending[0][0] <= now:
+            when, _, change = self._pending.pop(0)
+            try:
+                self._apply_now(change, when, now)
+            except (ModelError, UnknownAsset, ValueError) as error:
+                self._counters["scheduled_change_failures"] += 1
+                log.error("scheduled_change_failed", change=repr(change), effective=when,
+                          reason=str(error))
+
+    def _apply_now(self, change: Change, effective: float, now: float) -> ModelVersion:
+        model = self.model
+        before = (model.assets.get(change.asset)
+                  if isinstance(change, DecommissionAsset | MoveAsset) else None)
+        version = apply_change(model, change, effective, now)
+        self._counters["model_changes"] += 1
+        if isinstance(change, AddSite):
+            index = min(range(len(self._shards)),
+                        key=lambda i: (sum(1 for s in self._site_shard.values() if s == i), i))
+            self._site_shard[change.site] = index
+            self._shards[index].call("add_site", change.site)
+        direct = self._direct_memberships()
+        placed: set[str] = set()       # assets placed with their final direct groups below
+        if isinstance(change, AddAsset):
+            spec = version.undo
+            placed.add(spec.id)
+            self._shard_of(spec.id).call("add_assets", [spec], {spec.id: direct.get(spec.id, ())})
+        elif isinstance(change, DecommissionAsset):
+            assert before is not None
+            shard = self._shards[self._site_shard[before.site]]
+            self._absorb(shard.call("decommission", now, before.id))
+        elif isinstance(change, MoveAsset):
+            assert before is not None
+            spec = model.assets[change.asset]
+            source = self._shards[self._site_shard[before.site]]
+            target = self._shards[self._site_shard[spec.site]]
+            groups = direct.get(spec.id, ())
+            placed.add(spec.id)
+            if source is target:
+                self._absorb(source.call("move_local", now, spec, groups))
+            else:
+                out = source.call("export_asset", now, spec.id)
+                self._absorb(out)
+                self._absorb(target.call("import_asset", now, spec, out.reply, groups))
+        # direct group memberships may shift after any change (coverage is normalized)
+        for asset_id in sorted((set(direct) | set(self._direct)) - placed):
+            if asset_id in model.assets and direct.get(asset_id) != self._direct.get(asset_id):
+                spec = model.assets[asset_id]
+                self._absorb(self._shard_of(asset_id).call("move_local", now, spec,
+                                                           direct.get(asset_id, ())))
+        self._direct = direct
+        self._tree.wire(model, self._partial_leaves())
+        self._collect_all()
+        log.info("model_changed", version=version.version, change=type(change).__name__,
+                 effective=effective)
+        return version
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    def subscribe(self, path: str, callback: RollupCallback) -> Subscription:
+        """Call ``callback(rollup)`` after every change of the roll-up at ``path``."""
+        with self._lock:
+            self._check_open()
+            node = self._tree.lookup(path)
+            sub = Subscription(self, node.key, path, callback)
+            self._subs.setdefault(node.key, []).append(sub)
+            return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subs.get(sub.node_key, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                self._subs.pop(sub.node_key, None)
+
+    def _notify(self) -> None:
+        changed = self._tree.take_changed()
+        if not self._subs:
+            return
+        for node in changed:
+            for sub in list(self._subs.get(node.key, ())):
+                if not sub.active:
+                    continue
+                try:
+                    sub.callback(node.snapshot())
+                except Exception as error:
+                    self._counters["callback_errors"] += 1
+                    log.error("subscriber_failed", path=sub.path, reason=repr(error))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _shard_of(self, asset_id: str) -> ShardClient:
+        return self._shards[self._site_shard[self.model.asset(asset_id).site]]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FleetClosed("the fleet is closed")
+
+    def close(self) -> None:
+        """Stop the ticker and the actor system. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.set()
+        if self._ticker is not None and self._ticker is not threading.current_thread():
+            self._ticker.join()
+        self._hosting.shutdown()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._shards)} shard(s)"
+        return f"<Fleet {self.model.summary()}, {state}>"

@@ -1,0 +1,239 @@
+"""Asset kinds: the signals a kind reports, their physical bounds, and the commands it takes.
+
+A kind is a small object registered by name. Applications add their own by subclassing
+:class:`AssetKind` (see the README): declare signals and commands, and optionally override
+:meth:`AssetKind.derive` or :meth:`AssetKind.check_command` for behaviour of their own.
+
+Sign convention: ``power_kw`` is net power at the asset's connection point, positive when it
+delivers to the grid (generator convention). A charging EV or battery reports negative power.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from twin._errors import InvalidCommand, ModelError
+
+if TYPE_CHECKING:
+    from twin._model import AssetSpec
+
+Scale = Literal["rated_kw", "capacity_kwh"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One named value a device reports (or a command field), with its physical bounds.
+
+    ``lo``/``hi`` are absolute, or multiples of the asset's ``rated_kw`` or ``capacity_kwh``
+    when ``scale`` names that field. ``boolean`` signals take ``True``/``False`` only.
+    """
+
+    unit: str
+    lo: float = -math.inf
+    hi: float = math.inf
+    scale: Scale = None
+    boolean: bool = False
+
+    def limits(self, spec: AssetSpec) -> tuple[float, float]:
+        if self.scale is None:
+            return self.lo, self.hi
+        factor = spec.rated_kw if self.scale == "rated_kw" else (spec.capacity_kwh or 0.0)
+        return self.lo * factor, self.hi * factor
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a sample (or one of its fields) was refused: the field, the value, the reason."""
+
+    field: str
+    value: Any
+    reason: str
+
+
+class AssetKind:
+    """Base class of asset kinds. Subclasses set the class attributes; instances are registered.
+
+    ``fields``: model fields an asset of this kind must have besides ``id`` and ``kind``
+    (``rated_kw`` is always required); ``optional_fields`` are kept in ``AssetSpec.attrs``.
+    """
+
+    name: ClassVar[str]
+    signals: ClassVar[Mapping[str, Signal]]
+    commands: ClassVar[Mapping[str, Signal]] = {}
+    fields: ClassVar[tuple[str, ...]] = ("rated_kw",)
+    optional_fields: ClassVar[tuple[str, ...]] = ()
+    power_signal: ClassVar[str] = "power_kw"
+
+    def __init__(self) -> None:
+        # the hot path skips the derive hook unless a subclass overrides it
+        self.derives = type(self).derive is not AssetKind.derive
+
+    # -- hooks an application may override ------------------------------------------------
+
+    def derive(self, spec: AssetSpec, reported: Mapping[str, Any], signals: Mapping[str, Any]
+               ) -> Mapping[str, Any] | None:
+        """Called with a clean sample before anything is committed; returns extra values to
+        merge into the reported view (e.g. a computed availability). Raising here counts as a
+        crash of the asset's actor: it is restarted from its last good state."""
+        return None
+
+    def check_command(self, spec: AssetSpec, command: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate a command and return the desired values it sets."""
+        if not isinstance(command, Mapping) or not command:
+            raise InvalidCommand(f"a command is a non-empty mapping of fields, got {command!r}")
+        desired: dict[str, Any] = {}
+        for field, value in command.items():
+            signal = self.commands.get(field)
+            if signal is None:
+                valid = ", ".join(sorted(self.commands)) or "none"
+                raise InvalidCommand(
+                    f"kind {self.name!r} takes no command field {field!r} (valid: {valid})")
+            desired[field] = _checked_command_value(self.name, spec, field, signal, value)
+        return desired
+
+    # -- used by the runtime ----------------------------------------------------------------
+
+    def classify(self, spec: AssetSpec, signals: Any) -> Rejection | bool:
+        """Check a sample's signals: a :class:`Rejection` if malformed, else whether it is
+        anomalous (NaN, infinite, or outside the kind's physical bounds)."""
+        if type(signals) is not dict or not signals:
+            return Rejection("signals", signals, "expected a non-empty map of signal values")
+        known = self.signals
+        if len(signals) == 1:                 # the common report: one changed signal
+            for name, value in signals.items():
+                signal = known.get(name)
+                if (signal is not None and signal.scale == "rated_kw" and
+                        (type(value) is float or type(value) is int)):
+                    rated = spec.rated_kw
+                    return not signal.lo * rated <= value <= signal.hi * rated
+        anomalous = False
+        for name, value in signals.items():
+            signal = known.get(name)
+            if signal is None:
+                return Rejection(f"signals.{name}", value,
+                                 f"unknown signal for kind {self.name!r} "
+                                 f"(known: {', '.join(sorted(known))})")
+            kind_of_value = type(value)
+            if signal.boolean:
+                if kind_of_value is not bool:
+                    return Rejection(f"signals.{name}", value, "expected true or false")
+                continue
+            if kind_of_value is not float and kind_of_value is not int:
+                return Rejection(f"signals.{name}", value, "expected a number")
+            lo, hi = signal.limits(spec) if signal.scale else (signal.lo, signal.hi)
+            if not lo <= value <= hi:  # NaN fails every comparison: anomalous too
+                anomalous = True
+        return anomalous
+
+    def power_kw(self, reported: Mapping[str, Any]) -> float | None:
+        """The asset's net power from its reported view (``None`` if it never said)."""
+        value = reported.get(self.power_signal)
+        return None if value is None else float(value)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "signals": sorted(self.signals),
+                "commands": sorted(self.commands), "fields": list(self.fields)}
+
+    def __repr__(self) -> str:
+        return f"<AssetKind {self.name}>"
+
+
+def _checked_command_value(kind: str, spec: AssetSpec, field: str, signal: Signal,
+                           value: Any) -> Any:
+    if signal.boolean:
+        if type(value) is not bool:
+            raise InvalidCommand(f"{kind} command field {field!r}: expected true or false, "
+                                 f"got {value!r}")
+        return value
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise InvalidCommand(f"{kind} command field {field!r}: expected a finite number, "
+                             f"got {value!r}")
+    lo, hi = signal.limits(spec)
+    if not lo <= value <= hi:
+        raise InvalidCommand(f"{kind} command field {field!r}={value!r} is outside "
+                             f"[{lo:g}, {hi:g}] {signal.unit} for asset {spec.id!r}")
+    return float(value)
+
+
+class Turbine(AssetKind):
+    name = "turbine"
+    signals = {
+        "power_kw": Signal("kW", -0.05, 1.1, "rated_kw"),
+        "wind_speed_ms": Signal("m/s", 0.0, 75.0),
+        "rotor_rpm": Signal("rpm", 0.0, 40.0),
+        "power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw"),
+    }
+    commands = {"power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw")}
+
+
+class Battery(AssetKind):
+    name = "battery"
+    fields = ("rated_kw", "capacity_kwh")
+    signals = {
+        "power_kw": Signal("kW", -1.1, 1.1, "rated_kw"),
+        "soc_pct": Signal("%", 0.0, 100.0),
+        "energy_kwh": Signal("kWh", 0.0, 1.0, "capacity_kwh"),
+        "setpoint_kw": Signal("kW", -1.0, 1.0, "rated_kw"),
+    }
+    commands = {"setpoint_kw": Signal("kW", -1.0, 1.0, "rated_kw")}
+
+
+class Charger(AssetKind):
+    name = "charger"
+    signals = {
+        # a charger draws power: negative in the generator convention
+        "power_kw": Signal("kW", -1.1, 0.05, "rated_kw"),
+        "session_active": Signal("", boolean=True),
+        "session_energy_kwh": Signal("kWh", 0.0, 1000.0),
+        "power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw"),
+    }
+    commands = {"power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw")}
+
+
+class KindRegistry:
+    """Kinds by name. ``twin.default_kinds`` holds the built-ins and what applications add."""
+
+    def __init__(self, kinds: Iterable[AssetKind] = ()) -> None:
+        self._kinds: dict[str, AssetKind] = {}
+        for kind in kinds:
+            self.register(kind)
+
+    def register(self, kind: AssetKind, *, replace: bool = False) -> AssetKind:
+        if not isinstance(kind, AssetKind):
+            raise TypeError(f"register an AssetKind instance, got {kind!r}")
+        name = getattr(kind, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"{type(kind).__name__}.name must be a non-empty string")
+        if name in self._kinds and not replace:
+            raise ModelError(f"kind {name!r} is already registered (pass replace=True)")
+        if "rated_kw" not in kind.fields:
+            raise ModelError(f"kind {name!r}: fields must include 'rated_kw'")
+        self._kinds[name] = kind
+        return kind
+
+    def get(self, name: str) -> AssetKind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise ModelError(f"unknown kind {name!r} (known: {', '.join(sorted(self._kinds))})"
+                             ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)
+
+    def copy(self) -> KindRegistry:
+        return KindRegistry(self._kinds.values())
+
+
+default_kinds = KindRegistry([Turbine(), Battery(), Charger()])
+
+
+def register_kind(kind: AssetKind, *, replace: bool = False) -> AssetKind:
+    """Register an application's kind in the default registry (used by ``FleetModel``)."""
+    return default_kinds.register(kind, replace=replace)

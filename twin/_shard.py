@@ -1,0 +1,297 @@
+"""A shard: the asset actors, site tallies and supervisors of a set of sites, in one thread.
+
+Whole sites live on one shard (DESIGN decision 2), so asset → site roll-up never leaves it.
+Every call takes the time (``now``) from the caller and returns a :class:`ShardOutput`: the
+changed leaf summaries (whole and versioned), the state transitions, and the call's reply.
+This class is plain Python; :mod:`twin._hosting` runs it inside a Thespian actor.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from actors import DEFERRED, REFUSED, DeadlineWheel, Kernel
+from actors.asset import AssetActor, Command, InjectedFault
+from actors.groups import LeafSummary, LeafTally
+from supervisors import SupervisionPolicy, SupervisionStats, Supervisor
+from twin._errors import UnknownAsset
+from twin._kinds import KindRegistry, Rejection
+from twin._model import AssetSpec, Defaults
+from twin._samples import OUTCOMES, QUARANTINED, REJECTED, Sample, SampleError
+from twin._states import STATE_NAMES
+
+DEFERRED_CODE = OUTCOMES.index("deferred")
+
+
+class Transition(NamedTuple):
+    """An asset changed state: when (our clock), which, from, to, and why."""
+
+    at: float
+    asset_id: str
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ShardOutput:
+    summaries: list[LeafSummary] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    counts: list[int] | None = None
+    errors: list[SampleError] = field(default_factory=list)
+    reply: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    index: int
+    defaults: Defaults
+    kinds: KindRegistry
+    asset_policy: SupervisionPolicy      # site supervisors over their assets
+    site_policy: SupervisionPolicy       # the shard supervisor over its sites
+    seed: int = 0
+    wheel_resolution_s: float = 1.0
+
+
+def site_key(site_id: str) -> str:
+    return f"site:{site_id}"
+
+
+def partial_key(group: str, shard: int) -> str:
+    return f"partial:{group}@{shard}"
+
+
+class Shard:
+    """Asset actors of some sites; see the module docstring."""
+
+    def __init__(self, config: ShardConfig) -> None:
+        self.config = config
+        self.index = config.index
+        self.now = 0.0
+        self.kernel = Kernel()
+        self.wheel = DeadlineWheel(_expire, config.wheel_resolution_s)
+        self.allowed_skew_s = config.defaults.allowed_skew_s
+        self.retention_s = config.defaults.retention_s
+        self.kinds = config.kinds
+        self.stats = SupervisionStats()
+        self._rng = random.Random(config.seed * 1_000_003 + config.index)
+        self.supervisor = Supervisor(f"shard-{config.index}", config.site_policy,
+                                     kernel=self.kernel, clock=self._clock, rng=self._rng,
+                                     stats=self.stats)
+        self.actors: dict[str, AssetActor] = {}
+        self.sites: dict[str, tuple[LeafTally, Supervisor]] = {}
+        self.partials: dict[str, LeafTally] = {}
+        self._dirty: list[LeafTally] = []
+        self._transitions: list[Transition] = []
+        self.transition_counts = [0] * len(STATE_NAMES)
+
+    def _clock(self) -> float:
+        return self.now
+
+    # -- the AssetHost protocol -----------------------------------------------------------
+
+    def transition(self, asset: AssetActor, old: int, new: int, reason: str) -> None:
+        self.transition_counts[new] += 1
+        self._transitions.append(
+            Transition(self.now, asset.spec.id, STATE_NAMES[old], STATE_NAMES[new], reason))
+
+    # -- building -------------------------------------------------------------------------
+
+    def add_site(self, site_id: str) -> None:
+        if site_id in self.sites:
+            return
+        tally = LeafTally(site_key(site_id), self._dirty)
+        tally.mark()                      # an empty site is still worth a first summary
+        supervisor = Supervisor(f"site:{site_id}", self.config.asset_policy,
+                                kernel=self.kernel, clock=self._clock, rng=self._rng,
+                                stats=self.stats, parent=self.supervisor)
+        self.supervisor.adopt(supervisor)
+        self.sites[site_id] = (tally, supervisor)
+
+    def add_assets(self, specs: Iterable[AssetSpec],
+                   direct_groups: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Create actors for ``specs`` (their sites must be added); ``direct_groups`` maps an
+        asset id to the extra groups that list it directly."""
+        groups = direct_groups or {}
+        kinds = self.kinds
+        for spec in specs:
+            tally, supervisor = self.sites[spec.site]
+            tallies = (tally, *self._partials(groups.get(spec.id, ())))
+            actor = AssetActor(spec, kinds.get(spec.kind), self, tallies)
+            supervisor.adopt(actor)
+            self.actors[spec.id] = actor
+
+    def _partials(self, group_names: Iterable[str]) -> list[LeafTally]:
+        out = []
+        for name in group_names:
+            tally = self.partials.get(name)
+            if tally is None:
+                tally = self.partials[name] = LeafTally(partial_key(name, self.index), self._dirty)
+            out.append(tally)
+        return out
+
+    # -- calls (each returns a ShardOutput) -----------------------------------------------
+
+    def ingest(self, now: float, samples: Sequence[Sample],
+               indices: Sequence[int] | None = None) -> ShardOutput:
+        """Hand each sample to its asset actor; count outcomes. ``indices`` are the samples'
+        positions in the caller's batch (for error messages), when it was split."""
+        self.now = now
+        counts = [0] * len(OUTCOMES)
+        errors: list[SampleError] = []
+        actors = self.actors
+        deliver = self.kernel.deliver
+        on_sample = AssetActor.on_sample
+        for i, sample in enumerate(samples):
+            actor = actors.get(sample.asset_id)
+            if actor is None:
+                counts[REJECTED] += 1
+                errors.append(SampleError(indices[i] if indices else i, sample.asset_id,
+                                          "asset_id", sample.asset_id,
+                                          "unknown asset: not in the fleet model"))
+                continue
+            result = deliver(actor, sample, on_sample)
+            if type(result) is int:
+                counts[result] += 1
+            elif result is DEFERRED:
+                counts[DEFERRED_CODE] += 1
+            elif result is REFUSED:
+                counts[QUARANTINED] += 1
+            else:
+                counts[REJECTED] += 1
+                errors.append(_error(indices[i] if indices else i, sample, result))
+        self.kernel.run()
+        out = self.collect()
+        out.counts = counts
+        out.errors = errors
+        return out
+
+    def tick(self, now: float) -> ShardOutput:
+        """Let time pass: fire due liveness deadlines and restart timers."""
+        self.now = now
+        self.wheel.advance(now)
+        self.kernel.advance(now)
+        return self.collect()
+
+    def command(self, now: float, asset_id: str, payload: Mapping[str, Any]) -> ShardOutput:
+        self.now = now
+        actor = self._actor(asset_id)
+        reply = self.kernel.deliver(actor, Command(dict(payload)))
+        self.kernel.run()
+        out = self.collect()
+        out.reply = reply
+        return out
+
+    def inject_fault(self, now: float, asset_id: str, reason: str) -> ShardOutput:
+        self.now = now
+        self.kernel.deliver(self._actor(asset_id), InjectedFault(reason))
+        self.kernel.run()
+        return self.collect()
+
+    def release(self, now: float, asset_id: str) -> ShardOutput:
+        self.now = now
+        self._actor(asset_id).release()
+        return self.collect()
+
+    def asset_view(self, asset_id: str) -> dict[str, Any]:
+        actor = self._actor(asset_id)
+        return {"state": STATE_NAMES[actor.state], "reported": dict(actor.reported or {}),
+                "desired": dict(actor.desired or {}), "last_seen": actor.last_seen,
+                "last_sample_ts": actor.last_ts, "accepted": actor.n_accepted,
+                "quality": dict(actor.quality or {}), "restarts": actor.restarts,
+                "pending": actor.pending}
+
+    # -- model changes ------------------------------------------------------------------------
+
+    def decommission(self, now: float, asset_id: str) -> ShardOutput:
+        self.now = now
+        actor = self._actor(asset_id)
+        actor.retire()
+        self.sites[actor.spec.site][1].release(actor)
+        del self.actors[asset_id]
+        return self.collect()
+
+    def move_local(self, now: float, spec: AssetSpec, direct_groups: Sequence[str]) -> ShardOutput:
+        """Move an asset to another site of this shard (or change its direct groups)."""
+        self.now = now
+        actor = self._actor(spec.id)
+        actor.leave_tallies()
+        self.sites[actor.spec.site][1].release(actor)
+        actor.spec = spec
+        tally, supervisor = self.sites[spec.site]
+        supervisor.adopt(actor)
+        actor.join_tallies((tally, *self._partials(direct_groups)))
+        return self.collect()
+
+    def export_asset(self, now: float, asset_id: str) -> ShardOutput:
+        """Remove an asset that moves to another shard; the reply is its state."""
+        self.now = now
+        actor = self._actor(asset_id)
+        saved = actor.export_state()
+        actor.leave_tallies()
+        self.wheel.disarm(actor)
+        self.kernel.stop(actor)
+        self.sites[actor.spec.site][1].release(actor)
+        del self.actors[asset_id]
+        out = self.collect()
+        out.reply = saved
+        return out
+
+    def import_asset(self, now: float, spec: AssetSpec, saved: Mapping[str, Any],
+                     direct_groups: Sequence[str]) -> ShardOutput:
+        self.now = now
+        tally, supervisor = self.sites[spec.site]
+        actor = AssetActor(spec, self.kinds.get(spec.kind), self, ())
+        actor.import_state(saved)
+        supervisor.adopt(actor)
+        actor.join_tallies((tally, *self._partials(direct_groups)))
+        self.actors[spec.id] = actor
+        return self.collect()
+
+    # -- output ---------------------------------------------------------------------------
+
+    def collect(self, full: bool = False) -> ShardOutput:
+        """Summaries of every leaf changed since the last call (of every leaf if ``full``)."""
+        if full:
+            leaves: list[LeafTally] = [t for t, _ in self.sites.values()]
+            leaves.extend(self.partials.values())
+        else:
+            leaves = self._dirty[:]
+        self._dirty.clear()
+        out = ShardOutput(summaries=[leaf.summary(full) for leaf in leaves],
+                          transitions=self._transitions)
+        self._transitions = []
+        return out
+
+    def next_due(self) -> float | None:
+        due = [t for t in (self.wheel.next_due(), self.kernel.timers.next_due()) if t is not None]
+        return min(due) if due else None
+
+    def metrics(self) -> dict[str, Any]:
+        return {"assets": len(self.actors), "sites": len(self.sites),
+                "failures": self.stats.failures, "restarts": self.stats.restarts,
+                "quarantines": self.stats.quarantines, "escalations": self.stats.escalations,
+                "transitions": dict(zip(STATE_NAMES, self.transition_counts, strict=True)),
+                "wheel_buckets": self.wheel.buckets}
+
+    def _actor(self, asset_id: str) -> AssetActor:
+        actor = self.actors.get(asset_id)
+        if actor is None:
+            raise UnknownAsset(asset_id, f" (not on shard {self.index})")
+        return actor
+
+
+def _expire(actor: AssetActor, now: float) -> None:
+    actor.deadline_passed()
+
+
+def _error(index: int, sample: Sample, result: Any) -> SampleError:
+    if isinstance(result, Rejection):
+        return SampleError(index, sample.asset_id, result.field, result.value, result.reason)
+    # the actor's handler raised: it is being restarted by its supervisor
+    return SampleError(index, sample.asset_id, "handler", type(result).__name__,
+                       f"the asset's actor failed on this sample ({result}); it restarts "
+                       "from its last good state")
