@@ -12,5 +12,14 @@ from actors._kernel import (
     Timers,
 )
 
-__all__ = ["DEFERRED", "REFUSED", "RUNNING", "STOPPED", "SUSPENDED", "Actor", "DeadlineWheel", "Kernel",
-           "Timers"]
+__all__ = [
+    "DEFERRED",
+    "REFUSED",
+    "RUNNING",
+    "STOPPED",
+    "SUSPENDED",
+    "Actor",
+    "DeadlineWheel",
+    "Kernel",
+    "Timers",
+]

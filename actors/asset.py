@@ -186,7 +186,7 @@ class AssetActor(Actor):
         self.desired.update(desired)
         return CommandAccepted(self.spec.id, dict(self.desired))
 
-    def _note(self, outcome: Any) -> Any:
+    def _note(self, outcome: int | Rejection) -> int | Rejection:
         quality = self.quality
         if quality is None:
             quality = self.quality = {}

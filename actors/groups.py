@@ -220,6 +220,7 @@ class GroupActor(Actor):
         self.version += 1
         full = self._full or message.full
         self._full = False
+        missing: tuple[tuple[str, frozenset[str] | None], ...]
         if full:
             missing = tuple(self.missing_parts.items())
         else:

@@ -106,7 +106,8 @@ def run_one(assets: int, batches: int) -> dict[str, Any]:
             "bytes_per_asset": rss_fleet / assets, "rss_after_mb": rss_after / 2**20,
             "samples": samples, "samples_per_s": samples / busy,
             "us_per_sample": busy / samples * 1e6,
-            "p50_ms": statistics.median(latencies), "p99_ms": latencies[int(0.99 * len(latencies)) - 1],
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[int(0.99 * len(latencies)) - 1],
             "expire_s": expire_s, "offline": offline,
             "expire_us_per_asset": expire_s / max(1, offline) * 1e6}
 

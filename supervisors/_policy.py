@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     """Which children restart when one fails (Erlang/OTP names)."""
 
     ONE_FOR_ONE = "one_for_one"     # only the failed child
@@ -19,7 +19,7 @@ class Strategy(str, Enum):
     REST_FOR_ONE = "rest_for_one"   # the failed child and those started after it
 
 
-class OnExhausted(str, Enum):
+class OnExhausted(StrEnum):
     """What a supervisor does when a child fails more often than the intensity allows."""
 
     QUARANTINE = "quarantine"   # stop that child, count it as quarantined; siblings carry on
@@ -64,7 +64,7 @@ def record_restart(history: tuple[float, ...], now: float, max_restarts: int, wi
     more than ``max_restarts`` failures fell within the last ``within_s`` seconds.
     """
     horizon = now - within_s
-    recent = tuple(t for t in history if t > horizon) + (now,)
+    recent = (*(t for t in history if t > horizon), now)
     return recent, len(recent) > max_restarts
 
 

@@ -165,7 +165,8 @@ class Supervisor:
         return len(self._history.get(id(child), ()))
 
     def __repr__(self) -> str:
-        return f"<Supervisor {self._name} {self.policy.strategy.value} children={len(self.children)}>"
+        return (f"<Supervisor {self._name} {self.policy.strategy.value} "
+                f"children={len(self.children)}>")
 
 
 def _describe(error: BaseException) -> str:

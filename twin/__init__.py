@@ -26,7 +26,16 @@ from twin._errors import (
     UnknownPath,
 )
 from twin._fleet import Fleet, PendingChange, Subscription
-from twin._kinds import AssetKind, Battery, Charger, KindRegistry, Signal, Turbine, default_kinds, register_kind
+from twin._kinds import (
+    AssetKind,
+    Battery,
+    Charger,
+    KindRegistry,
+    Signal,
+    Turbine,
+    default_kinds,
+    register_kind,
+)
 from twin._model import AssetSpec, Defaults, FleetModel
 from twin._rollup import KindRollup, Rollup
 from twin._samples import OUTCOMES, IngestReport, Sample, SampleError

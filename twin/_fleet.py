@@ -43,7 +43,7 @@ from twin._errors import (
 from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
 from twin._model import FleetModel
 from twin._rollup import Rollup
-from twin._samples import OUTCOMES, REJECTED, IngestReport, Sample, SampleError
+from twin._samples import OUTCOMES, IngestReport, Sample, SampleError
 from twin._shard import ShardConfig, ShardOutput, Transition, partial_key
 from twin._tree import RollupTree
 from twin._views import AssetView, CommandReceipt

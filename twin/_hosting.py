@@ -60,7 +60,7 @@ class ShardHost(Actor):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.shard: Shard | None = None
 
-    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:  # noqa: N802
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, ShardConfig):
             self.shard = Shard(message)
             self.send(sender, ShardReply(value=message.index))
@@ -85,7 +85,7 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.shards: list[ActorAddress] = []
 
-    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:  # noqa: N802
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, StartShards):
             while len(self.shards) < message.count:
                 self.shards.append(self.createActor(ShardHost))

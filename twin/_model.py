@@ -42,7 +42,8 @@ class Defaults:
         values: dict[str, float] = {}
         for key, value in raw.items():
             if key not in valid:
-                raise ModelError(f"defaults.{key}: unknown setting (valid: {', '.join(sorted(valid))})")
+                raise ModelError(f"defaults.{key}: unknown setting "
+                                 f"(valid: {', '.join(sorted(valid))})")
             values[key] = _positive(f"defaults.{key}", value)
         if "offline_after_s" not in values and "report_interval_s" in values:
             values["offline_after_s"] = 3 * values["report_interval_s"]

@@ -32,7 +32,7 @@ _KINDS: tuple[tuple[str, dict[str, float]], ...] = (
 def fleet_dict(owners: int = 2, regions: int = 2, sites: int = 3, assets: int = 4,
                seed: int = 0, report_interval_s: float = 10.0,
                offline_after_s: float = 30.0) -> dict[str, Any]:
-    """A model dict with ``owners × regions × sites`` sites of ``assets`` assets each, kinds
+    """A model dict with ``owners * regions * sites`` sites of ``assets`` assets each, kinds
     mixed by a seeded generator. Ids: owners ``o0``, regions ``r0``, sites ``o0-r0-s0``,
     assets ``<site>-a0``; one extra group ``all-turbines-of-o0`` lists o0's turbines."""
     rng = random.Random(seed)
