@@ -176,33 +176,38 @@ class Timers:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = itertools.count()
-        self._cancelled: set[int] = set()
+        self._live: set[int] = set()      # handles not yet fired or cancelled
 
     def call_at(self, when: float, callback: Callable[[float], None]) -> int:
         handle = next(self._seq)
         heapq.heappush(self._heap, (when, handle, callback))
+        self._live.add(handle)
         return handle
 
     def cancel(self, handle: int) -> None:
-        self._cancelled.add(handle)
+        """Forget a timer; cancelling one that fired (or was cancelled) changes nothing."""
+        self._live.discard(handle)
 
     def next_due(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        heap = self._heap
+        while heap and heap[0][1] not in self._live:    # drop cancelled heads
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def fire_due(self, now: float) -> int:
         fired = 0
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, handle, callback = heapq.heappop(heap)
-            if handle in self._cancelled:
-                self._cancelled.discard(handle)
+            if handle not in self._live:
                 continue
+            self._live.discard(handle)
             callback(now)
             fired += 1
         return fired
 
     def __len__(self) -> int:
-        return len(self._heap) - len(self._cancelled)
+        return len(self._live)
 
 
 class DeadlineWheel:

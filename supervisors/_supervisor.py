@@ -24,7 +24,16 @@ from supervisors._policy import (
     record_restart,
 )
 
-log = structlog.get_logger("twin.supervision")
+_log = structlog.get_logger("twin.supervision")
+
+
+def _report(level: str, **fields: object) -> None:
+    """Log a failure; a broken log sink must not turn one actor's failure into a failed
+    batch, so errors from logging itself are swallowed (as the stdlib's handlers do)."""
+    try:
+        getattr(_log, level)("actor_failed", **fields)
+    except Exception:
+        pass
 
 
 class Supervised(Protocol):
@@ -110,7 +119,7 @@ class Supervisor:
         delay = backoff_delay(len(history), self.policy, self.rng)
         affected = affected_children(self.children, child, self.policy.strategy)
         self.stats.restarts += len(affected)
-        log.warning("actor_failed", supervisor=self._name, reason=reason, offender=child.name,
+        _report("warning", supervisor=self._name, reason=reason, offender=child.name,
                     action="restart", restarts=len(history), delay_s=round(delay, 3),
                     strategy=self.policy.strategy.value, affected=len(affected),
                     message=type(message).__name__)
@@ -131,13 +140,13 @@ class Supervisor:
     def _give_up(self, child: Any, reason: str, restarts: int, now: float) -> None:
         if self.policy.on_exhausted is OnExhausted.QUARANTINE or self.parent is None:
             self.stats.quarantines += 1
-            log.error("actor_failed", supervisor=self._name, reason=reason, offender=child.name,
+            _report("error", supervisor=self._name, reason=reason, offender=child.name,
                       action="quarantine", restarts=restarts,
                       intensity=f"{self.policy.max_restarts} in {self.policy.within_s:g}s")
             child.quarantine(now, f"crash loop: {reason}")
             return
         self.stats.escalations += 1
-        log.error("actor_failed", supervisor=self._name, reason=reason, offender=child.name,
+        _report("error", supervisor=self._name, reason=reason, offender=child.name,
                   action="escalate", restarts=restarts, to=self.parent.name,
                   intensity=f"{self.policy.max_restarts} in {self.policy.within_s:g}s")
         self.suspend_tree()

@@ -7,12 +7,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from twin._demo import run_demo
 from twin.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """main() configures structlog for the process, as a command should; undo it."""
+    yield
+    structlog.reset_defaults()
 
 
 def test_demo_prints_the_tree_with_expected_and_reporting_counts() -> None:

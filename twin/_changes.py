@@ -14,9 +14,25 @@ from twin._errors import ModelError, UnknownAsset
 from twin._model import AssetSpec, FleetModel
 
 
+def _check_fields(change: object) -> None:
+    """Every field of a change but ``AddAsset.asset`` is a non-empty string."""
+    for name in change.__dataclass_fields__:  # type: ignore[attr-defined]
+        value = getattr(change, name)
+        if name != "asset" or not isinstance(change, AddAsset):
+            if not isinstance(value, str) or not value:
+                raise ModelError(f"{type(change).__name__}.{name}: expected a non-empty "
+                                 f"string, got {value!r}")
+        elif not isinstance(value, Mapping):
+            raise ModelError(f"AddAsset.asset: expected an asset object, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class AddOwner:
     owner: str
+
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
     def apply(self, model: FleetModel) -> Any:
         model.add_owner(_check_id(self.owner, "owner"), where="AddOwner")
@@ -28,6 +44,10 @@ class AddRegion:
     owner: str
     region: str
 
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
     def apply(self, model: FleetModel) -> Any:
         model.add_region(self.owner, _check_id(self.region, "region"), where="AddRegion")
         return None
@@ -37,6 +57,10 @@ class AddRegion:
 class AddSite:
     region: str          # "owner/region"
     site: str
+
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
     def apply(self, model: FleetModel) -> Any:
         model.add_site(self.region, _check_id(self.site, "site"), where="AddSite")
@@ -48,6 +72,10 @@ class AddAsset:
     site: str            # site id or path
     asset: Mapping[str, Any] = field(hash=False)
 
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
     def apply(self, model: FleetModel) -> Any:
         return model.add_asset(model.site(self.site).id, self.asset, where="AddAsset.asset")
 
@@ -55,6 +83,10 @@ class AddAsset:
 @dataclass(frozen=True, slots=True)
 class DecommissionAsset:
     asset: str
+
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
     def apply(self, model: FleetModel) -> Any:
         spec = model.asset(self.asset)
@@ -68,6 +100,10 @@ class DecommissionAsset:
 class MoveAsset:
     asset: str
     to_site: str
+
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
     def apply(self, model: FleetModel) -> Any:
         spec = model.asset(self.asset)
@@ -86,12 +122,16 @@ class MoveSite:
     site: str
     to_region: str       # "owner/region", possibly of another owner
 
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
     def apply(self, model: FleetModel) -> Any:
         site = model.site(self.site)
         owner_id, region_id = model.split_region(self.to_region)
         if (owner_id, region_id) == (site.owner, site.region):
             raise ModelError(f"MoveSite: site {site.id!r} is already in {self.to_region}")
-        previous = site.region_path
+        previous = (site.id, site.region_path)     # undo by id: the path changes with the move
         del model.owners[site.owner][site.region][site.id]
         site.owner, site.region = owner_id, region_id
         model.owners[owner_id][region_id][site.id] = site
@@ -175,8 +215,9 @@ def undo(model: FleetModel, entry: ModelVersion) -> None:
         model.sites[back.site].assets[spec.id] = back
         model.assets[spec.id] = back
     elif isinstance(change, MoveSite):
-        site = model.site(change.site)
-        owner_id, region_id = entry.undo.split("/", 1)
+        site_id, region_path = entry.undo
+        site = model.sites[site_id]
+        owner_id, region_id = region_path.split("/", 1)
         del model.owners[site.owner][site.region][site.id]
         site.owner, site.region = owner_id, region_id
         model.owners[owner_id][region_id][site.id] = site

@@ -424,7 +424,7 @@ class Fleet:
             when, _, change = self._pending.pop(0)
             try:
                 self._apply_now(change, when, now)
-            except (ModelError, UnknownAsset, ValueError) as error:
+            except (TwinError, ValueError) as error:
                 self._counters["scheduled_change_failures"] += 1
                 log.error("scheduled_change_failed", change=repr(change), effective=when,
                           reason=str(error))

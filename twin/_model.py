@@ -175,9 +175,11 @@ class FleetModel:
         d: dict[str, Any] = {"id": spec.id, "kind": spec.kind, "rated_kw": spec.rated_kw}
         if spec.capacity_kwh is not None:
             d["capacity_kwh"] = spec.capacity_kwh
-        if spec.report_interval_s != self.defaults.report_interval_s:
+        own_interval = spec.report_interval_s != self.defaults.report_interval_s
+        if own_interval:
             d["report_interval_s"] = spec.report_interval_s
-        if spec.offline_after_s != self.defaults.offline_after_s:
+        # with its own interval, a missing timeout would be derived as 3x that interval
+        if own_interval or spec.offline_after_s != self.defaults.offline_after_s:
             d["offline_after_s"] = spec.offline_after_s
         d.update(spec.attrs)
         return d
@@ -248,6 +250,10 @@ class FleetModel:
         offline_default = (3 * report if "report_interval_s" in raw and
                            "offline_after_s" not in raw else d.offline_after_s)
         offline = _positive(f"{where}.offline_after_s", raw.get("offline_after_s", offline_default))
+        if offline < report:
+            raise ModelError(f"{where}.offline_after_s={offline:g} is shorter than its "
+                             f"report_interval_s={report:g}: asset {asset_id!r} would flap "
+                             "offline between reports")
         attrs = {k: raw[k] for k in kind.optional_fields if k in raw}
         return AssetSpec(asset_id, kind_name, rated, site_id, capacity, report, offline,
                          MappingProxyType(attrs) if attrs else _EMPTY)
@@ -258,11 +264,14 @@ class FleetModel:
         if self.has_hierarchy_path(name):
             raise ModelError(f"groups.{name}: the name collides with a path of the hierarchy")
         members = _list(members, f"groups.{name}")
+        refs = []
         for m, member in enumerate(members):
             if not isinstance(member, str) or not self.is_member_ref(member):
                 raise ModelError(f"groups.{name}[{m}]: {member!r} is neither an asset id nor a "
                                  "path (owner, owner/region, owner/region/site or site id)")
-        self.groups[name] = tuple(members)
+            # a site is kept by id, so it stays in the group when it moves
+            refs.append(self.site(member).id if member.count("/") == 2 else member)
+        self.groups[name] = tuple(refs)
 
     # -- lookups ------------------------------------------------------------------------
 

@@ -146,7 +146,10 @@ class Shard:
         deliver = self.kernel.deliver
         on_sample = AssetActor.on_sample
         for i, sample in enumerate(samples):
-            actor = actors.get(sample.asset_id)
+            try:
+                actor = actors.get(sample.asset_id)
+            except TypeError:                 # an unhashable id: rejected below
+                actor = None
             if actor is None:
                 counts[REJECTED] += 1
                 errors.append(SampleError(indices[i] if indices else i, sample.asset_id,

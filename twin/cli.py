@@ -53,11 +53,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _StderrLogger:
+    """Writes each log line to whatever ``sys.stderr`` is at that moment."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def _log_to_stderr() -> None:
     """Structured logs go to stderr so that stdout stays the command's output."""
     import structlog
 
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    structlog.configure(logger_factory=lambda *args: _StderrLogger())
 
 
 if __name__ == "__main__":
