@@ -62,16 +62,18 @@ def run_one(assets: int, batches: int) -> dict[str, Any]:
 
     rng = random.Random(7)
     ids = list(model.assets)
-    kind_of = [i % 3 for i in range(assets)]
-    # pre-built batches: every asset in turn, values within its physical bounds
-    plan = []
-    for b in range(batches):
+    bounds = [KINDS[i % 3][2] for i in range(assets)]
+
+    def make_batch(b: int, now: float) -> list[Any]:
+        """Every asset in turn, values within its bounds, made just before ingest (as a
+        wire decoder would hand them over), outside the timed region."""
         batch = []
         for j in range(BATCH):
             i = (b * BATCH + j) % assets
-            lo, hi = KINDS[kind_of[i]][2]
-            batch.append(Sample(ids[i], 0.0, {"power_kw": rng.uniform(lo, hi)}))
-        plan.append(batch)
+            lo, hi = bounds[i]
+            batch.append(Sample(ids[i], now, {"power_kw": rng.uniform(lo, hi)}))
+        return batch
+
     owner = sorted(fleet.rollups("owner"))[0]
     seen: list[float] = []
     fleet.subscribe(owner, lambda r: seen.append(time.perf_counter()))
@@ -79,10 +81,8 @@ def run_one(assets: int, batches: int) -> dict[str, Any]:
     step = 10.0 / max(1, assets // BATCH)   # each asset reports every 10 s of fleet time
     latencies = []
     busy = 0.0
-    for batch in plan:
-        now = clock.advance(step)
-        for sample in batch:
-            sample.ts = now
+    for b in range(batches):
+        batch = make_batch(b, clock.advance(step))
         seen.clear()
         t = time.perf_counter()
         fleet.ingest(batch)

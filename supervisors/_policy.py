@@ -73,7 +73,8 @@ def backoff_delay(attempt: int, policy: SupervisionPolicy, rng: random.Random) -
     if attempt <= 1 and policy.first_restart_immediate:
         return 0.0
     exponent = attempt - 2 if policy.first_restart_immediate else attempt - 1
-    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * (2.0 ** exponent))
+    # past 2**62 any base is beyond any sane cap; stop there so the power cannot overflow
+    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * (2.0 ** min(exponent, 62)))
     # "equal jitter": at least half the ceiling, the rest random, so delays never collapse to 0
     return ceiling * (1.0 - policy.jitter) + rng.uniform(0.0, ceiling * policy.jitter)
 

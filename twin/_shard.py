@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from actors import DEFERRED, REFUSED, DeadlineWheel, Kernel
-from actors.asset import AssetActor, Command, InjectedFault
+from actors import DEFERRED, REFUSED, RUNNING, SUSPENDED, DeadlineWheel, Kernel
+from actors.asset import AssetActor, Command, InjectedFault, Unavailable
 from actors.groups import LeafSummary, LeafTally
 from supervisors import SupervisionPolicy, SupervisionStats, Supervisor
 from twin._errors import UnknownAsset
@@ -182,8 +182,13 @@ class Shard:
     def command(self, now: float, asset_id: str, payload: Mapping[str, Any]) -> ShardOutput:
         self.now = now
         actor = self._actor(asset_id)
-        reply = self.kernel.deliver(actor, Command(dict(payload)))
-        self.kernel.run()
+        if actor.status == RUNNING:
+            reply = self.kernel.deliver(actor, Command(dict(payload)))
+            self.kernel.run()
+        else:
+            # quarantined, or waiting to restart: refused now rather than queued for later
+            state = "restarting" if actor.status == SUSPENDED else STATE_NAMES[actor.state]
+            reply = Unavailable(asset_id, state, actor.last_seen)
         out = self.collect()
         out.reply = reply
         return out
