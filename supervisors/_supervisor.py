@@ -8,6 +8,7 @@ the supervisor that handles it, with fixed keys: ``supervisor``, ``reason``, ``o
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +31,8 @@ _log = structlog.get_logger("twin.supervision")
 def _report(level: str, **fields: object) -> None:
     """Log a failure; a broken log sink must not turn one actor's failure into a failed
     batch, so errors from logging itself are swallowed (as the stdlib's handlers do)."""
-    try:
+    with contextlib.suppress(Exception):
         getattr(_log, level)("actor_failed", **fields)
-    except Exception:
-        pass
 
 
 class Supervised(Protocol):

@@ -103,7 +103,7 @@ def test_counts_always_sum_to_expected(fleet: Fleet, clock: VirtualClock) -> Non
 
 def test_commands_are_refused_unless_the_asset_is_online(fleet: Fleet, clock: VirtualClock
                                                         ) -> None:
-    with pytest.raises(AssetUnavailable, match="b-01.*unknown"):
+    with pytest.raises(AssetUnavailable, match=r"b-01.*unknown"):
         fleet.command("b-01", {"setpoint_kw": -500.0})
     power(fleet, clock, "b-01", 0.0)
     receipt = fleet.command("b-01", {"setpoint_kw": -500.0})
@@ -119,7 +119,7 @@ def test_commands_are_refused_unless_the_asset_is_online(fleet: Fleet, clock: Vi
 
 def test_invalid_commands_name_the_field_and_value(fleet: Fleet, clock: VirtualClock) -> None:
     power(fleet, clock, "b-01", 0.0)
-    with pytest.raises(InvalidCommand, match="power_limit_kw.*valid: setpoint_kw"):
+    with pytest.raises(InvalidCommand, match=r"power_limit_kw.*valid: setpoint_kw"):
         fleet.command("b-01", {"power_limit_kw": 5.0})
     with pytest.raises(InvalidCommand, match=r"setpoint_kw.*=9000.*outside \[-5000, 5000\]"):
         fleet.command("b-01", {"setpoint_kw": 9000})

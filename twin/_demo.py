@@ -22,7 +22,8 @@ def demo_model(assets: int, seed: int) -> dict[str, Any]:
     """Owners → regions → sites of 8-20 assets, kinds mixed, deterministic for ``seed``."""
     rng = random.Random(seed)
     owners: list[dict[str, Any]] = [{"id": name, "regions": []} for name in ("acme", "borealis")]
-    regions = [(owners[i % 2], {"id": name, "sites": []})
+    regions: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        (owners[i % 2], {"id": name, "sites": []})
                for i, name in enumerate(("north", "coast", "south", "plains"))]
     for owner, region in regions:
         owner["regions"].append(region)
@@ -31,7 +32,7 @@ def demo_model(assets: int, seed: int) -> dict[str, Any]:
     while made < assets:
         owner, region = regions[site_no % len(regions)]
         size = min(assets - made, rng.randint(8, 20))
-        site = {"id": f"site-{site_no:02d}", "assets": []}
+        site: dict[str, Any] = {"id": f"site-{site_no:02d}", "assets": []}
         for _ in range(size):
             kind, fields, _ = rng.choices(_KINDS, weights=[k[2] for k in _KINDS])[0]
             site["assets"].append({"id": f"{kind[0]}-{made:04d}", "kind": kind, **fields})

@@ -36,9 +36,7 @@ from twin._errors import (
     AssetUnavailable,
     FleetClosed,
     InvalidCommand,
-    ModelError,
     TwinError,
-    UnknownAsset,
 )
 from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
 from twin._model import FleetModel
