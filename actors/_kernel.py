@@ -227,6 +227,8 @@ class DeadlineWheel:
         self._resolution = resolution
         self._buckets: dict[int, list[Any]] = {}
         self._keys: list[int] = []          # heap of bucket keys; few, not one per actor
+        self.arms = 0                       # bucket insertions so far (a cost measure)
+        self.fired = 0
 
     def arm(self, entry: Any) -> None:
         key = int(entry.deadline // self._resolution)
@@ -237,6 +239,7 @@ class DeadlineWheel:
         else:
             bucket.append(entry)
         entry.armed = True
+        self.arms += 1
 
     def advance(self, now: float) -> int:
         """Fire every entry whose deadline is at or before ``now``; returns how many."""
@@ -252,6 +255,7 @@ class DeadlineWheel:
                 entry.armed = False
                 if entry.deadline <= now:
                     fired += 1
+                    self.fired += 1
                     self._on_expired(entry, now)
                 else:
                     self.arm(entry)       # seen since: re-arm at its current deadline

@@ -343,6 +343,7 @@ class Fleet:
             for key in ("failures", "restarts", "quarantines", "escalations"):
                 out[f"supervisor_{key}"] = sum(s[key] for s in shards)
             out["assets"] = sum(s["assets"] for s in shards)
+            out["liveness_timer_arms"] = sum(s["wheel_arms"] for s in shards)
             out["shards"] = len(shards)
             out["subscriptions"] = sum(len(v) for v in self._subs.values())
             out["pending_changes"] = len(self._pending)

@@ -283,7 +283,8 @@ class Shard:
                 "failures": self.stats.failures, "restarts": self.stats.restarts,
                 "quarantines": self.stats.quarantines, "escalations": self.stats.escalations,
                 "transitions": dict(zip(STATE_NAMES, self.transition_counts, strict=True)),
-                "wheel_buckets": self.wheel.buckets}
+                "wheel_buckets": self.wheel.buckets, "wheel_arms": self.wheel.arms,
+                "wheel_fired": self.wheel.fired}
 
     def _actor(self, asset_id: str) -> AssetActor:
         actor = self.actors.get(asset_id)
