@@ -143,8 +143,8 @@ def main() -> None:
     for r in rows:
         cells = (f"{r['assets']:,}", f"{r['build_s']:.1f}", f"{r['rss_mb']:.0f}",
                  f"{r['bytes_per_asset']:.0f}", f"{r['peak_rss_mb']:.0f}",
-                f"{r['samples_per_s']:,.0f}",
-                 f"{r['us_per_sample']:.2f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['arms_per_sample']:.3f}",
+                 f"{r['samples_per_s']:,.0f}", f"{r['us_per_sample']:.2f}",
+                 f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['arms_per_sample']:.3f}",
                  f"{r['expire_us_per_asset']:.2f}")
         print(" | ".join(f"{c:>14}" for c in cells))
     print("fleet RSS: growth of the process over its baseline once the fleet is built; peak "
