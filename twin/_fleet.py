@@ -311,6 +311,7 @@ class Fleet:
     def rollups(self, level: str | None = None) -> dict[str, Rollup]:
         """Every roll-up (of one ``level``: owner, region, site, group), by path."""
         with self._lock:
+            self._check_open()
             return {p: self._tree.lookup(p).snapshot() for p in self._tree.paths(level)}
 
     def asset(self, asset_id: str) -> AssetView:
