@@ -258,7 +258,8 @@ class AssetActor(Actor):
     # -- state transfer (moves between shards, snapshots) ---------------------------------------
 
     def export_state(self) -> dict[str, Any]:
-        return {"state": self.state, "reported": self.reported, "desired": self.desired,
+        """Everything needed to continue elsewhere, waiting messages included."""
+        return {"mailbox": list(self._mailbox or ()), "state": self.state, "reported": self.reported, "desired": self.desired,
                 "last_ts": self.last_ts, "last_seen": self.last_seen, "power_w": self.power_w,
                 "n_accepted": self.n_accepted, "quality": self.quality,
                 "restarts": self.restarts}
@@ -279,6 +280,8 @@ class AssetActor(Actor):
             self.host.wheel.arm(self)
         elif self.state == QUARANTINED:
             self.host.kernel.stop(self)
+        for message in saved.get("mailbox", ()):
+            self.host.kernel.tell(self, message)
 
 
 def capacity_w(spec: AssetSpec) -> int:

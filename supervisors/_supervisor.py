@@ -78,7 +78,7 @@ class Supervisor:
         self.parent = parent
         self.children: list[Any] = []
         self._history: dict[int, tuple[float, ...]] = {}    # id(child) → recent failure times
-        self._pending: dict[int, int] = {}                   # id(child) → restart timer
+        self._pending: dict[int, int] = {}    # id(child) → timer of its pending restart
 
     @property
     def name(self) -> str:
@@ -95,12 +95,15 @@ class Supervisor:
         self.children.append(child)
 
     def release(self, child: Any) -> None:
-        """Stop supervising ``child`` (it was moved or decommissioned)."""
+        """Stop supervising ``child`` (it moves to another site, or is decommissioned).
+
+        A child waiting out a restart backoff is restarted now: it leaves with a clean slate,
+        and nobody would resume it otherwise. The shared timer stays for its siblings.
+        """
         self.children.remove(child)
         self._history.pop(id(child), None)
-        handle = self._pending.pop(id(child), None)
-        if handle is not None:
-            self.timers.cancel(handle)
+        if self._pending.pop(id(child), None) is not None:
+            child.restart_tree(self.clock())
 
     # -- failure handling -----------------------------------------------------------------
 
@@ -128,7 +131,8 @@ class Supervisor:
             self._restart(affected, now)
         else:
             handle = self.timers.call_at(now + delay, lambda t: self._restart(affected, t))
-            self._pending[id(child)] = handle
+            for sibling in affected:
+                self._pending[id(sibling)] = handle
 
     def _restart(self, children: list[Any], now: float) -> None:
         for child in children:
@@ -159,7 +163,7 @@ class Supervisor:
 
     def restart_tree(self, now: float) -> None:
         self._history.clear()
-        for handle in self._pending.values():
+        for handle in set(self._pending.values()):
             self.timers.cancel(handle)
         self._pending.clear()
         for child in self.children:

@@ -15,6 +15,7 @@ from twin import (
     AssetUnavailable,
     Fleet,
     FleetModel,
+    MoveAsset,
     OnExhausted,
     Sample,
     Strategy,
@@ -330,3 +331,28 @@ def test_the_same_seed_gives_the_same_jittered_backoff(model: FleetModel) -> Non
     assert first == delays(3)
     assert first != delays(4)
     assert first[0] == 0.0 and len(set(first)) == 5
+
+
+@pytest.mark.parametrize("shards", [1, 2], ids=["same-shard", "to-another-shard"])
+def test_an_asset_moved_while_waiting_to_restart_runs_again_in_its_new_site(
+        make: MakeFleet, clock: VirtualClock, shards: int) -> None:
+    fleet = make(shards=shards, backoff_base_s=5.0, jitter=0.0, first_restart_immediate=False)
+    fleet.inject_fault("t-01")
+    waiting = fleet.ingest([Sample("t-01", clock.now() + 1, {"power_kw": 11.0})])
+    assert waiting.deferred == 1
+    fleet.apply(MoveAsset("t-01", "gamma"))   # gamma is on the other shard when there are 2
+    fleet.advance(1.0)                        # well before the old backoff would end
+    assert fleet.asset("t-01").reported["power_kw"] == 11.0   # the waiting sample ran
+    assert fleet.ingest([Sample("t-01", clock.now() + 0.5, {"power_kw": 12.0})]).accepted == 1
+    assert_consistent(fleet)
+
+
+def test_one_for_all_siblings_restart_even_if_the_failed_asset_moves_away(
+        make: MakeFleet, clock: VirtualClock) -> None:
+    fleet = make(strategy=Strategy.ONE_FOR_ALL, backoff_base_s=5.0, jitter=0.0,
+                 first_restart_immediate=False)
+    fleet.inject_fault("t-01")
+    fleet.apply(MoveAsset("t-01", "gamma"))
+    fleet.advance(6.0)
+    report = fleet.ingest([Sample("b-01", clock.now(), {"power_kw": 1.0})])
+    assert report.accepted == 1

@@ -253,10 +253,11 @@ class Shard:
         self.now = now
         tally, supervisor = self.sites[spec.site]
         actor = AssetActor(spec, self.kinds.get(spec.kind), self, ())
-        actor.import_state(saved)
+        actor.import_state(saved)          # not in any tally yet: joins with its real state
         supervisor.adopt(actor)
         actor.join_tallies((tally, *self._partials(direct_groups)))
         self.actors[spec.id] = actor
+        self.kernel.run()                 # messages that waited in its old mailbox
         return self.collect()
 
     # -- output ---------------------------------------------------------------------------
