@@ -14,7 +14,7 @@ a sample costs one attribute write, never a timer operation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -259,10 +259,25 @@ class AssetActor(Actor):
 
     def export_state(self) -> dict[str, Any]:
         """Everything needed to continue elsewhere, waiting messages included."""
-        return {"mailbox": list(self._mailbox or ()), "state": self.state, "reported": self.reported, "desired": self.desired,
-                "last_ts": self.last_ts, "last_seen": self.last_seen, "power_w": self.power_w,
+        return {"mailbox": list(self._mailbox or ()), "state": self.state,
+                "reported": self.reported, "desired": self.desired, "last_ts": self.last_ts, "last_seen": self.last_seen, "power_w": self.power_w,
                 "n_accepted": self.n_accepted, "quality": self.quality,
                 "restarts": self.restarts}
+
+    def export_row(self) -> list[Any]:
+        """The state as plain data (for msgpack snapshots); waiting samples as arrays."""
+        mailbox = [[m.asset_id, m.ts, m.seq, m.signals] for m in (self._mailbox or ())
+                   if type(m) is Sample]
+        return [self.state, self.reported, self.desired, self.last_ts, self.last_seen,
+                self.power_w, self.n_accepted, self.quality, self.restarts, mailbox]
+
+    def import_row(self, row: Sequence[Any]) -> None:
+        (state, reported, desired, last_ts, last_seen, power_w, n_accepted, quality, restarts,
+         mailbox) = row
+        self.import_state({"state": state, "reported": reported, "desired": desired,
+                           "last_ts": last_ts, "last_seen": last_seen, "power_w": power_w,
+                           "n_accepted": n_accepted, "quality": quality, "restarts": restarts,
+                           "mailbox": [Sample(*m) for m in mailbox]})
 
     def import_state(self, saved: Mapping[str, Any]) -> None:
         """Take over exported state (the actor must not be in any tally yet)."""

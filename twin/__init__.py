@@ -19,6 +19,7 @@ from twin._clock import Clock, RealClock, VirtualClock
 from twin._errors import (
     AssetUnavailable,
     FleetClosed,
+    IngestError,
     InvalidCommand,
     ModelError,
     TwinError,
@@ -40,6 +41,7 @@ from twin._model import AssetSpec, Defaults, FleetModel
 from twin._rollup import KindRollup, Rollup
 from twin._samples import OUTCOMES, IngestReport, Sample, SampleError
 from twin._shard import Transition
+from twin._store import Store, StoreBusy, StoreUnavailable
 from twin._views import AssetView, CommandReceipt
 
 __version__ = "0.1.0"
@@ -63,6 +65,7 @@ __all__ = [
     "Fleet",
     "FleetClosed",
     "FleetModel",
+    "IngestError",
     "IngestReport",
     "InvalidCommand",
     "KindRegistry",
@@ -78,6 +81,9 @@ __all__ = [
     "Sample",
     "SampleError",
     "Signal",
+    "Store",
+    "StoreBusy",
+    "StoreUnavailable",
     "Strategy",
     "Subscription",
     "SupervisionPolicy",

@@ -147,6 +147,16 @@ _BY_OP: dict[str, type[Any]] = {
 }
 
 
+def change_to_dict(change: Change) -> dict[str, Any]:
+    """The JSON form :func:`change_from_dict` reads."""
+    op = next(name for name, cls in _BY_OP.items() if isinstance(change, cls))
+    out: dict[str, Any] = {"op": op}
+    for name in change.__dataclass_fields__:
+        value = getattr(change, name)
+        out[name] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
 def change_from_dict(raw: Mapping[str, Any]) -> Change:
     """A change from JSON, e.g. ``{"op": "move_asset", "asset": "t-01", "to_site": "beta"}``."""
     if not isinstance(raw, Mapping) or "op" not in raw:
@@ -231,4 +241,4 @@ def _check_id(value: Any, what: str) -> str:
 
 __all__ = ["AddAsset", "AddOwner", "AddRegion", "AddSite", "Change", "DecommissionAsset",
            "ModelVersion", "MoveAsset", "MoveSite", "UnknownAsset", "apply_change",
-           "change_from_dict", "undo"]
+           "change_from_dict", "change_to_dict", "undo"]

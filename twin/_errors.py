@@ -46,5 +46,13 @@ class AssetUnavailable(TwinError):
         super().__init__(f"asset {asset_id!r} is {state} ({seen}); commands need it online")
 
 
+class IngestError(TwinError, ValueError):
+    """A batch could not be read as a whole (not msgpack, wrong version, wrong shape).
+
+    Nothing of it was applied or stored. A malformed *sample* does not raise: it is rejected
+    and reported in the ingest report, and its batch-mates are applied.
+    """
+
+
 class FleetClosed(TwinError):
     """The fleet was used after ``close()``."""

@@ -11,6 +11,7 @@ change, while the lock is held: keep them short (asyncio code: see :mod:`twin.ai
 from __future__ import annotations
 
 import bisect
+import json
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +31,8 @@ from twin._changes import (
     ModelVersion,
     MoveAsset,
     apply_change,
+    change_from_dict,
+    change_to_dict,
 )
 from twin._clock import Clock, RealClock, VirtualClock
 from twin._errors import (
@@ -40,11 +43,14 @@ from twin._errors import (
 )
 from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
 from twin._model import FleetModel
+from twin._persistence import Persistence
 from twin._rollup import Rollup
 from twin._samples import OUTCOMES, IngestReport, Sample, SampleError
 from twin._shard import ShardConfig, ShardOutput, Transition, partial_key
+from twin._store import Store, StoreBusy, StoreUnavailable
 from twin._tree import RollupTree
 from twin._views import AssetView, CommandReceipt
+from twin.wire import pack_batch, unpack_batch
 
 log = structlog.get_logger("twin.fleet")
 
@@ -97,7 +103,9 @@ class Fleet:
                  site_supervision: SupervisionPolicy | None = None,
                  command_sink: Callable[[str, Mapping[str, Any]], None] | None = None,
                  seed: int = 0, tick_interval_s: float = 0.5, resend_every_s: float = 60.0,
-                 transitions_kept: int = 1000, call_timeout_s: float = 60.0) -> None:
+                 transitions_kept: int = 1000, call_timeout_s: float = 60.0,
+                 store: str | Store | None = None, snapshot_every_s: float = 300.0,
+                 snapshot_every_batches: int = 2000) -> None:
         if not isinstance(model, FleetModel):
             raise TypeError(f"Fleet needs a FleetModel, got {type(model).__name__}")
         if shards < 1:
@@ -114,8 +122,13 @@ class Fleet:
         self._subs: dict[str, list[Subscription]] = {}
         self._recent: deque[Transition] = deque(maxlen=transitions_kept)
         self._counters: dict[str, int] = {f"samples_{name}": 0 for name in OUTCOMES}
-        self._counters.update(batches=0, transitions=0, callback_errors=0, model_changes=0,
-                              scheduled_change_failures=0)
+        self._counters.update(batches=0, batch_bytes=0, transitions=0, callback_errors=0,
+                              model_changes=0, scheduled_change_failures=0, snapshots=0,
+                              replayed_batches=0, replayed_samples=0, batches_refused=0)
+        self._transition_counts: dict[str, int] = {}
+        self._unsaved: list[Transition] = []          # transitions not yet handed to the store
+        self._replaying = False
+        self._persist: Persistence | None = None
         self._tree = RollupTree(self.clock.now)
         self._hosting = Hosting(system, shards, call_timeout_s)
         self._shards: list[ShardClient] = self._hosting.shards
@@ -128,7 +141,13 @@ class Fleet:
                 shard.configure(ShardConfig(shard.index, model.defaults, model.kinds, policy,
                                             site_policy, seed))
             self._build()
+            if store is not None:
+                self._persist = Persistence(store if isinstance(store, Store) else Store(store),
+                                            snapshot_every_s, snapshot_every_batches)
+                self._restore()
         except BaseException:
+            if self._persist is not None:
+                self._persist.store.close()
             self._hosting.shutdown()
             raise
         self._ticker: threading.Thread | None = None
@@ -179,29 +198,72 @@ class Fleet:
 
     # -- ingestion ------------------------------------------------------------------------
 
-    def ingest(self, samples: Iterable[Sample]) -> IngestReport:
-        """Apply a batch of samples; returns per-outcome counts (see :class:`IngestReport`).
+    def ingest(self, samples: Iterable[Sample] | bytes, *, source: str = "") -> IngestReport:
+        """Apply a batch: ``Sample`` objects, or msgpack bytes in the wire format
+        (:mod:`twin.wire`). Returns per-outcome counts (see :class:`IngestReport`).
 
         A malformed sample is rejected with an error naming its index, field and value; it
-        never takes its batch-mates down.
+        never takes its batch-mates down. A batch that cannot be read as a whole raises
+        :class:`IngestError` and changes nothing. With a store, the batch is in the durable
+        log before this returns; :class:`StoreBusy` or :class:`StoreUnavailable` mean it was
+        not accepted (nothing of it applied) and may be sent again.
         """
-        batch = samples if isinstance(samples, list) else list(samples)
         report = IngestReport()
+        payload: bytes | None = None
+        if isinstance(samples, bytes | bytearray | memoryview):
+            payload = bytes(samples)
+            decoded = unpack_batch(payload)
+            report.rejected = len(decoded.errors)
+            report.errors.extend(decoded.errors)
+            batch: list[Any] = decoded.samples
+            given_indices: list[int] | None = decoded.indices
+            source = decoded.source or source
+        else:
+            batch = samples if isinstance(samples, list) else list(samples)
+            given_indices = None
         with self._lock:
             self._check_open()
             now = self.clock.now()
             self._fire_scheduled(now)
             clean, indices = self._screen(batch, report)
-            if len(self._shards) == 1:
-                self._absorb(self._shards[0].call("ingest", now, clean, indices), report)
-            else:
-                for shard, (part, part_indices) in self._route(clean, indices, report).items():
-                    self._absorb(shard.call("ingest", now, part, part_indices), report)
+            if given_indices is not None:
+                indices = ([given_indices[i] for i in indices] if indices is not None
+                           else given_indices)
+            offset = 0
+            if self._persist is not None:
+                if payload is None:
+                    payload = pack_batch(clean, source, now)
+                try:
+                    offset = self._persist.append(now, source, payload, len(clean))
+                except (StoreBusy, StoreUnavailable):
+                    self._counters["batches_refused"] += 1
+                    raise
+            self._run_batch(now, clean, indices, report, offset)
             self._counters["batches"] += 1
+            self._counters["batch_bytes"] += len(payload) if payload is not None else 0
             for name, n in report.counts().items():
                 self._counters[f"samples_{name}"] += n
+            self._maybe_snapshot(now)
             self._notify()
         return report
+
+    def _run_batch(self, now: float, clean: list[Sample], indices: list[int] | None,
+                   report: IngestReport, offset: int) -> None:
+        """Hand a screened batch to the shards; with a store, queue its derived rows."""
+        storing = self._persist is not None
+        parts: list[tuple[list[Sample], bytes]] = []
+        if len(self._shards) == 1:
+            out = self._shards[0].call("ingest", now, clean, indices, storing)
+            self._absorb(out, report)
+            parts.append((clean, out.outcomes or b""))
+        else:
+            for shard, (part, part_indices) in self._route(clean, indices, report).items():
+                out = shard.call("ingest", now, part, part_indices, storing)
+                self._absorb(out, report)
+                parts.append((part, out.outcomes or b""))
+        if self._persist is not None:
+            self._persist.derived(offset, now, parts, self._unsaved)
+            self._unsaved = []
 
     def _screen(self, batch: list[Any], report: IngestReport
                 ) -> tuple[list[Sample], list[int] | None]:
@@ -248,6 +310,11 @@ class Fleet:
         if output.transitions:
             self._recent.extend(output.transitions)
             self._counters["transitions"] += len(output.transitions)
+            for transition in output.transitions:
+                self._transition_counts[transition.new] = (
+                    self._transition_counts.get(transition.new, 0) + 1)
+            if self._persist is not None:
+                self._unsaved.extend(output.transitions)
         self._tree.absorb(output.summaries)
 
     def _collect_all(self, full: bool = False) -> None:
@@ -289,6 +356,9 @@ class Fleet:
             self._absorb(shard.call("tick", now))
             if full:
                 self._absorb(shard.call("collect", True))
+        if self._persist is not None and self._unsaved and not self._replaying:
+            self._persist.derived(self._persist.last_offset, now, [], self._unsaved)
+            self._unsaved = []
         self._notify()
 
     def _tick_loop(self, interval: float) -> None:
@@ -435,6 +505,8 @@ class Fleet:
                   if isinstance(change, DecommissionAsset | MoveAsset) else None)
         version = apply_change(model, change, effective, now)
         self._counters["model_changes"] += 1
+        if self._persist is not None and not self._replaying:
+            self._persist.record_change(version.version, effective, now, change_to_dict(change))
         if isinstance(change, AddSite):
             index = min(range(len(self._shards)),
                         key=lambda i: (sum(1 for s in self._site_shard.values() if s == i), i))
@@ -519,7 +591,8 @@ class Fleet:
             raise FleetClosed("the fleet is closed")
 
     def close(self) -> None:
-        """Stop the ticker and the actor system. Safe to call twice."""
+        """Stop the ticker, write what the store still has queued, stop the actor system.
+        Safe to call twice."""
         with self._lock:
             if self._closed:
                 return
@@ -527,7 +600,75 @@ class Fleet:
             self._stop.set()
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join()
+        if self._persist is not None:
+            self._persist.store.close()
         self._hosting.shutdown()
+
+    # -- durability -----------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store | None:
+        return None if self._persist is None else self._persist.store
+
+    def flush(self) -> None:
+        """Wait until every derived row queued so far is in the store."""
+        if self._persist is not None:
+            self._persist.store.writer.flush()
+
+    def snapshot(self) -> int:
+        """Snapshot every actor's state now; returns the log offset it reflects."""
+        with self._lock:
+            self._check_open()
+            if self._persist is None:
+                raise TwinError("snapshot() needs a store: Fleet(model, store=url)")
+            self._take_snapshot(self.clock.now())
+            return self._persist.last_offset
+
+    def _maybe_snapshot(self, now: float) -> None:
+        if self._persist is not None and self._persist.snapshot_due(now):
+            self._take_snapshot(now)
+
+    def _take_snapshot(self, now: float) -> None:
+        assert self._persist is not None
+        rows = [shard.call("snapshot") for shard in self._shards]
+        self._persist.save_snapshot(now, self.model.version, rows)
+        self._counters["snapshots"] += 1
+
+    def _restore(self) -> None:
+        """After a restart: re-apply recorded model changes, load the newest snapshot, replay
+        the log after it, then let time catch up to now."""
+        assert self._persist is not None
+        store = self._persist.store
+        self._replaying = True
+        try:
+            for version, effective, recorded_at, raw in store.model_versions(self.model.version):
+                change = change_from_dict(json.loads(raw))
+                self._apply_now(change, effective, recorded_at)
+                if self.model.version != version:
+                    raise TwinError(f"the store's model version {version} does not follow "
+                                    f"the model given ({self.model.version - 1})")
+            snapshot = store.latest_snapshot()
+            start = 0
+            if snapshot is not None:
+                rows = Persistence.snapshot_rows(snapshot)
+                for shard in self._shards:
+                    self._absorb(shard.call("restore", snapshot.taken_at, rows))
+                start = snapshot.log_offset
+            self._persist.last_offset = start
+            for entry in store.read_log(start):
+                self._tick(entry.received_at)
+                decoded = unpack_batch(entry.payload)
+                report = IngestReport()
+                self._run_batch(entry.received_at, decoded.samples, decoded.indices, report,
+                                entry.offset)
+                self._counters["replayed_batches"] += 1
+                self._counters["replayed_samples"] += decoded.size
+            self._unsaved = []
+        finally:
+            self._replaying = False
+        self._tick(self.clock.now())
+        log.info("restored", snapshot_offset=start, log_offset=self._persist.last_offset,
+                 replayed_batches=self._counters["replayed_batches"])
 
     def __enter__(self) -> Fleet:
         return self

@@ -42,6 +42,7 @@ class ShardOutput:
     transitions: list[Transition] = field(default_factory=list)
     counts: list[int] | None = None
     errors: list[SampleError] = field(default_factory=list)
+    outcomes: bytearray | None = None     # per sample, when asked for (to store them)
     reply: Any = None
 
 
@@ -136,10 +137,13 @@ class Shard:
     # -- calls (each returns a ShardOutput) -----------------------------------------------
 
     def ingest(self, now: float, samples: Sequence[Sample],
-               indices: Sequence[int] | None = None) -> ShardOutput:
+               indices: Sequence[int] | None = None, want_outcomes: bool = False
+               ) -> ShardOutput:
         """Hand each sample to its asset actor; count outcomes. ``indices`` are the samples'
-        positions in the caller's batch (for error messages), when it was split."""
+        positions in the caller's batch (for error messages), when it was split;
+        ``want_outcomes`` returns each sample's outcome code too."""
         self.now = now
+        outcomes = bytearray(len(samples)) if want_outcomes else None
         counts = [0] * len(OUTCOMES)
         errors: list[SampleError] = []
         actors = self.actors
@@ -151,25 +155,32 @@ class Shard:
             except TypeError:                 # an unhashable id: rejected below
                 actor = None
             if actor is None:
+                result: Any = REJECTED
                 counts[REJECTED] += 1
                 errors.append(SampleError(indices[i] if indices else i, sample.asset_id,
                                           "asset_id", sample.asset_id,
                                           "unknown asset: not in the fleet model"))
-                continue
-            result = deliver(actor, sample, on_sample)
-            if type(result) is int:
-                counts[result] += 1
-            elif result is DEFERRED:
-                counts[DEFERRED_CODE] += 1
-            elif result is REFUSED:
-                counts[QUARANTINED] += 1
             else:
-                counts[REJECTED] += 1
-                errors.append(_error(indices[i] if indices else i, sample, result))
+                result = deliver(actor, sample, on_sample)
+                if type(result) is int:
+                    counts[result] += 1
+                elif result is DEFERRED:
+                    result = DEFERRED_CODE
+                    counts[DEFERRED_CODE] += 1
+                elif result is REFUSED:
+                    result = QUARANTINED
+                    counts[QUARANTINED] += 1
+                else:
+                    counts[REJECTED] += 1
+                    errors.append(_error(indices[i] if indices else i, sample, result))
+                    result = REJECTED
+            if outcomes is not None:
+                outcomes[i] = result
         self.kernel.run()
         out = self.collect()
         out.counts = counts
         out.errors = errors
+        out.outcomes = outcomes
         return out
 
     def tick(self, now: float) -> ShardOutput:
@@ -259,6 +270,29 @@ class Shard:
         self.actors[spec.id] = actor
         self.kernel.run()                 # messages that waited in its old mailbox
         return self.collect()
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every actor's state (msgpack-ready), keyed by asset id."""
+        return {asset_id: actor.export_row() for asset_id, actor in self.actors.items()}
+
+    def restore(self, now: float, rows: Mapping[str, Any]) -> ShardOutput:
+        """Take over snapshot rows for the actors this shard holds (others are ignored: the
+        model may have moved them since)."""
+        self.now = now
+        for asset_id, row in rows.items():
+            actor = self.actors.get(asset_id)
+            if actor is None:
+                continue
+            tallies = actor.tallies
+            actor.leave_tallies()
+            actor.import_row(row)
+            actor.join_tallies(tallies)
+        self.kernel.run()
+        out = self.collect()
+        out.transitions = []              # restored, not happening now
+        return out
 
     # -- output ---------------------------------------------------------------------------
 

@@ -1,0 +1,360 @@
+"""The durable store (SQLAlchemy 2): raw log, derived tables, snapshots.
+
+Writes take two paths:
+
+* the **raw log** append is synchronous and committed (fsync'd on SQLite: WAL with
+  ``synchronous=FULL``) before ``Fleet.ingest`` returns: what is acknowledged is durable;
+* **derived rows** (classified samples, state transitions) go through a bounded queue to a
+  writer thread that batches them (size or time, whichever first) and retries with
+  exponential backoff and jitter while the database is unavailable, losing nothing. When the
+  queue is full, ingest waits (up to ``busy_timeout_s``) before it appends anything, then
+  raises :class:`StoreBusy`: memory never grows without bound, and a refused batch is not
+  acknowledged.
+
+Each derived batch is committed with the log offset it covers (``twin_progress.cleaned``); a
+restart replays the log from the older of that offset and the newest snapshot's. Replays are
+idempotent (conflicting rows are ignored), so replaying a little too much is harmless.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, create_engine, event, func, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from twin import _store_schema as schema
+from twin._errors import TwinError
+
+log = structlog.get_logger("twin.store")
+
+
+class StoreBusy(TwinError):
+    """The store's writer is behind; the batch was not accepted (retry later)."""
+
+
+class StoreUnavailable(TwinError):
+    """The database could not be reached in time; the batch was not accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    offset: int
+    received_at: float
+    source: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    log_offset: int
+    taken_at: float
+    model_version: int
+    state: bytes
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, full sync and a busy timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise TwinError("the store needs an SQLite *file* (sqlite:///path/fleet.db): its "
+                            "writer thread has its own connection")
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")     # a commit survives power loss
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """One fleet's store. ``Store(url)`` creates the tables it needs."""
+
+    def __init__(self, url: str, *, queue_batches: int = 64, flush_rows: int = 20_000,
+                 flush_interval_s: float = 0.2, busy_timeout_s: float = 10.0,
+                 retry_base_s: float = 0.05, retry_max_s: float = 5.0, seed: int = 0) -> None:
+        self.url = url
+        self.engine = engine_for(url)
+        self.dialect = self.engine.dialect.name
+        self.busy_timeout_s = busy_timeout_s
+        schema.metadata.create_all(self.engine)
+        self._log_conn = self.engine.connect()
+        self._log_lock = threading.Lock()
+        self.writer = Writer(self.engine, queue_batches=queue_batches, flush_rows=flush_rows,
+                             flush_interval_s=flush_interval_s, retry_base_s=retry_base_s,
+                             retry_max_s=retry_max_s, rng=random.Random(seed))
+
+    # -- the raw log (synchronous) -----------------------------------------------------------
+
+    def append(self, received_at: float, source: str, payload: bytes, count: int) -> int:
+        """Append a batch to the raw log and commit; returns its offset."""
+        self.writer.wait_for_room(self.busy_timeout_s)
+        deadline = time.monotonic() + self.busy_timeout_s
+        attempt = 0
+        with self._log_lock:
+            while True:
+                try:
+                    offset = self._log_conn.execute(
+                        insert(schema.log).values(received_at=received_at, source=source,
+                                                  samples=count, payload=payload)
+                        .returning(schema.log.c.offset)).scalar_one()
+                    self._log_conn.commit()
+                    return int(offset)
+                except DBAPIError as error:
+                    self._log_conn.rollback()
+                    attempt += 1
+                    delay = min(1.0, 0.02 * 2 ** attempt)
+                    if time.monotonic() + delay > deadline:
+                        raise StoreUnavailable(f"could not append to the log at "
+                                               f"{_redact(self.url)}: {error.orig}") from None
+                    log.warning("log_append_retry", attempt=attempt, reason=str(error.orig))
+                    time.sleep(delay)
+
+    def read_log(self, after: int) -> Iterator[LogEntry]:
+        """Batches with an offset greater than ``after``, in order (streamed in pages)."""
+        last = after
+        with self.engine.connect() as conn:
+            while True:
+                rows = conn.execute(
+                    select(schema.log.c.offset, schema.log.c.received_at, schema.log.c.source,
+                           schema.log.c.payload)
+                    .where(schema.log.c.offset > last).order_by(schema.log.c.offset).limit(500)
+                ).all()
+                if not rows:
+                    return
+                for row in rows:
+                    yield LogEntry(int(row.offset), row.received_at, row.source,
+                                   bytes(row.payload))
+                last = int(rows[-1].offset)
+
+    def last_offset(self) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(schema.log.c.offset))).scalar()
+        return int(value or 0)
+
+    # -- snapshots, progress and model versions -------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(schema.snapshots).values(
+                log_offset=snapshot.log_offset, taken_at=snapshot.taken_at,
+                model_version=snapshot.model_version, state=snapshot.state))
+            # older snapshots are no longer needed: the log holds everything after this one
+            conn.execute(schema.snapshots.delete().where(
+                schema.snapshots.c.log_offset < snapshot.log_offset))
+
+    def latest_snapshot(self) -> Snapshot | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.snapshots).order_by(
+                schema.snapshots.c.log_offset.desc()).limit(1)).first()
+        if row is None:
+            return None
+        return Snapshot(int(row.log_offset), row.taken_at, row.model_version, bytes(row.state))
+
+    def cleaned_offset(self) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(schema.progress.c.value).where(
+                schema.progress.c.name == "cleaned")).scalar()
+        return int(value or 0)
+
+    def record_model_version(self, version: int, effective: float, recorded_at: float,
+                             change_json: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_insert_ignore(self.dialect, schema.model_versions).values(
+                version=version, effective=effective, recorded_at=recorded_at,
+                change=change_json))
+
+    def model_versions(self, after: int) -> list[tuple[int, float, float, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.model_versions).where(
+                schema.model_versions.c.version > after).order_by(
+                schema.model_versions.c.version)).all()
+        return [(int(r.version), r.effective, r.recorded_at, r.change) for r in rows]
+
+    # -- reading derived rows (for tests and tools) -----------------------------------------
+
+    def count(self, table: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+    def sample_rows(self) -> list[tuple[float, str, int]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.samples.c.ts, schema.samples.c.asset_id,
+                                       schema.samples.c.outcome)).all()
+        return [(r.ts, r.asset_id, int(r.outcome)) for r in rows]
+
+    def close(self) -> None:
+        """Write everything still queued, then close."""
+        self.writer.close()
+        with self._log_lock:
+            self._log_conn.close()
+        self.engine.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    offset: int
+    samples: Iterable[tuple[Any, ...]]
+    count: int
+    transitions: list[tuple[Any, ...]]
+
+
+class Writer:
+    """The background writer of derived rows: bounded queue, batching, retry with backoff."""
+
+    def __init__(self, engine: Engine, *, queue_batches: int, flush_rows: int,
+                 flush_interval_s: float, retry_base_s: float, retry_max_s: float,
+                 rng: random.Random) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_batches)
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.rng = rng
+        self.written_rows = 0
+        self.write_seconds: list[float] = []        # drained by the metrics collector
+        self.retries = 0
+        self.cleaned_offset = 0
+        self._stopped = threading.Event()
+        self._samples_sql = _insert_ignore_sql(self.dialect, "twin_samples",
+                                               ("ts", "asset_id", "received_at", "outcome",
+                                                "log_offset", "signals"))
+        self._transitions_sql = _insert_ignore_sql(self.dialect, "twin_transitions",
+                                                   ("log_offset", "at", "asset_id", "old",
+                                                    "new", "reason"))
+        self._thread = threading.Thread(target=self._run, name="twin-store-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def wait_for_room(self, timeout_s: float) -> None:
+        """Block until the queue has room for one more batch, or raise :class:`StoreBusy`."""
+        if self.queue.qsize() < self.queue.maxsize:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self.queue.qsize() >= self.queue.maxsize:
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"the store's writer is {self.queue.qsize()} batches behind; "
+                                f"nothing of this batch was accepted, retry later")
+            self._stopped.wait(0.005)
+
+    def put(self, offset: int, sample_rows: Iterable[tuple[Any, ...]], count: int,
+            transition_rows: list[tuple[Any, ...]]) -> None:
+        """Queue rows covering the log up to ``offset``; ``sample_rows`` may be lazy (it is
+        iterated on the writer thread) and yields ``count`` rows."""
+        self.queue.put(_Item(offset, sample_rows, count, transition_rows))
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            pending = [item]
+            rows = item.count
+            deadline = time.monotonic() + self.flush_interval_s
+            closing = False
+            while rows < self.flush_rows:
+                try:
+                    more = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                pending.append(more)
+                rows += more.count
+            self._write(pending)
+            for _ in pending:
+                self.queue.task_done()
+            if closing:
+                return
+
+    def _write(self, pending: Sequence[_Item]) -> None:
+        sample_rows = [row for item in pending for row in item.samples]
+        transition_rows = [row for item in pending for row in item.transitions]
+        offset = max(item.offset for item in pending)
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                with self.engine.begin() as conn:
+                    if sample_rows:
+                        conn.exec_driver_sql(self._samples_sql, sample_rows)
+                    if transition_rows:
+                        conn.exec_driver_sql(self._transitions_sql, transition_rows)
+                    conn.execute(_upsert_progress(self.dialect, offset))
+                self.write_seconds.append(time.perf_counter() - started)
+                self.written_rows += len(sample_rows) + len(transition_rows)
+                self.cleaned_offset = offset
+                return
+            except DBAPIError as error:
+                # the database is away: wait and retry the same rows; nothing is dropped
+                attempt += 1
+                self.retries += 1
+                ceiling = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 20))
+                delay = ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+                log.warning("store_write_retry", attempt=attempt, delay_s=round(delay, 3),
+                            rows=len(sample_rows), reason=str(error.orig)[:200])
+                time.sleep(delay)
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is written."""
+        self.queue.join()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.queue.put(None)
+            self._thread.join()
+        self._stopped.set()
+
+
+def _insert_ignore(dialect: str, table: Any) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _insert_ignore_sql(dialect: str, table: str, columns: Sequence[str]) -> str:
+    """Raw SQL for the bulk inserts: the driver's executemany on tuples is several times
+    cheaper per row than Core's dict parameters, and these are the hot writes."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    names = ", ".join(f'"{c}"' for c in columns)
+    return (f"INSERT INTO {table} ({names}) VALUES ({', '.join(mark for _ in columns)}) "
+            "ON CONFLICT DO NOTHING")
+
+
+def _upsert_progress(dialect: str, offset: int) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        pg = pg_insert(schema.progress).values(name="cleaned", value=offset)
+        return pg.on_conflict_do_update(index_elements=["name"], set_={"value": offset})
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    lite = sqlite_insert(schema.progress).values(name="cleaned", value=offset)
+    return lite.on_conflict_do_update(index_elements=["name"], set_={"value": offset})
+
+
+def _redact(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

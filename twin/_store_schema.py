@@ -1,0 +1,83 @@
+"""The store's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+``twin_log`` is the durable raw log and the source of truth: every ingested batch, as its
+msgpack bytes, appended before ``ingest`` returns; its ``offset`` orders everything else.
+The other tables are derived from it and can be rebuilt by replaying it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Identity,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+log = Table(
+    "twin_log", metadata,
+    Column("offset", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("received_at", Double, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("samples", Integer, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+)
+
+# Clean and flagged samples, one row each: accepted and late samples (history), and anomalous
+# ones (flagged, kept raw). Keyed by device time then asset: a replayed or repeated sample
+# conflicts and changes nothing, and rows arrive in roughly key order.
+samples = Table(
+    "twin_samples", metadata,
+    Column("ts", Double, nullable=False),
+    Column("asset_id", String(200), nullable=False),
+    Column("received_at", Double, nullable=False),
+    Column("outcome", SmallInteger, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("signals", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("ts", "asset_id"),
+)
+
+transitions = Table(
+    "twin_transitions", metadata,
+    Column("log_offset", BigInteger, nullable=False),
+    Column("at", Double, nullable=False),
+    Column("asset_id", String(200), nullable=False),
+    Column("old", String(20), nullable=False),
+    Column("new", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    PrimaryKeyConstraint("asset_id", "at", "new"),
+)
+
+model_versions = Table(
+    "twin_model_versions", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("effective", Double, nullable=False),
+    Column("recorded_at", Double, nullable=False),
+    Column("change", Text, nullable=False),          # JSON, as change_to_dict writes it
+)
+
+snapshots = Table(
+    "twin_snapshots", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("taken_at", Double, nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+)
+
+# Named positions: "cleaned" = the log offset up to which derived rows are written.
+progress = Table(
+    "twin_progress", metadata,
+    Column("name", String(50), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

@@ -1,0 +1,111 @@
+"""The wire format: compact msgpack batches of samples (see ``docs/wire-format.md``).
+
+Device code and the simulator pack with :func:`pack_batch`; the runtime unpacks with
+:func:`unpack_batch`. A batch that cannot be read as a whole (not msgpack, wrong version,
+wrong shape) raises :class:`twin.IngestError` and changes nothing; a malformed *sample* is
+reported by index, field and value, and its batch-mates are unaffected.
+
+    batch  = [version, source, sent_at, samples]       version: 1
+    sample = [asset_id, ts, seq, signals]              signals: {name: number | bool}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from twin._errors import IngestError
+from twin._samples import Sample, SampleError
+
+VERSION: Final = 1
+MAX_BATCH_BYTES: Final = 64 * 2**20     # one batch; a bigger payload is refused unread
+_SAMPLE_FIELDS: Final = ("asset_id", "ts", "seq", "signals")
+
+
+@dataclass(slots=True)
+class Batch:
+    """A decoded batch: who sent it, when (its clock), its samples and its rejects."""
+
+    source: str
+    sent_at: float | None
+    samples: list[Sample] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)     # position of each sample in the batch
+    errors: list[SampleError] = field(default_factory=list)
+    size: int = 0                                        # samples in the batch, good or bad
+
+
+def pack_batch(samples: Iterable[Sample], source: str = "", sent_at: float | None = None
+               ) -> bytes:
+    """Encode samples as one batch."""
+    rows = [[s.asset_id, s.ts, s.seq, s.signals] for s in samples]
+    packed: bytes = msgpack.packb([VERSION, source, sent_at, rows], use_bin_type=True)
+    return packed
+
+
+def unpack_batch(payload: bytes | bytearray | memoryview) -> Batch:
+    """Decode a batch; raises :class:`IngestError` if the batch as a whole is unreadable."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise IngestError(f"a batch is msgpack bytes, got {type(payload).__name__}")
+    if len(payload) > MAX_BATCH_BYTES:
+        raise IngestError(f"batch of {len(payload):,} bytes is over the limit of "
+                          f"{MAX_BATCH_BYTES:,}; split it")
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)
+    except Exception as error:           # msgpack raises several unrelated types
+        raise IngestError(f"batch is not valid msgpack ({type(error).__name__}: {error})"
+                          ) from None
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise IngestError("batch must be an array [version, source, sent_at, samples], got "
+                          f"{_show(raw)}")
+    version, source, sent_at, rows = raw
+    if version != VERSION or type(version) is not int:
+        raise IngestError(f"batch format version {version!r} is not supported (this runtime "
+                          f"reads version {VERSION})")
+    if not isinstance(source, str):
+        raise IngestError(f"batch field 'source' must be a string, got {_show(source)}")
+    if sent_at is not None and (type(sent_at) not in (int, float) or sent_at - sent_at != 0):
+        raise IngestError(f"batch field 'sent_at' must be unix seconds or nil, got "
+                          f"{_show(sent_at)}")
+    if not isinstance(rows, list):
+        raise IngestError(f"batch field 'samples' must be an array, got {_show(rows)}")
+    batch = Batch(source, None if sent_at is None else float(sent_at), size=len(rows))
+    append_sample = batch.samples.append
+    append_index = batch.indices.append
+    for index, row in enumerate(rows):
+        if type(row) is list and len(row) == 4:
+            asset_id, ts, seq, signals = row
+            if (type(asset_id) is str and type(signals) is dict and
+                    (seq is None or type(seq) is int)):
+                append_sample(Sample(asset_id, ts, signals, seq))
+                append_index(index)
+                continue
+        batch.errors.append(_sample_error(index, row))
+    return batch
+
+
+def _sample_error(index: int, row: Any) -> SampleError:
+    if type(row) is not list or len(row) != 4:
+        return SampleError(index, None, "sample", _show(row),
+                           "expected an array [asset_id, ts, seq, signals]")
+    asset_id, _, seq, signals = row
+    if type(asset_id) is not str:
+        return SampleError(index, _show(asset_id), "asset_id", _show(asset_id),
+                           "expected a string")
+    if seq is not None and type(seq) is not int:
+        return SampleError(index, asset_id, "seq", _show(seq), "expected an integer or nil")
+    return SampleError(index, asset_id, "signals", _show(signals),
+                       "expected a map of signal name to value")
+
+
+def _show(value: Any, limit: int = 60) -> Any:
+    """A value fit for an error message: itself if small and plain, else a short repr."""
+    if value is None or type(value) in (bool, int, float):
+        return value
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = ["MAX_BATCH_BYTES", "VERSION", "Batch", "pack_batch", "unpack_batch"]
