@@ -260,9 +260,10 @@ class AssetActor(Actor):
     def export_state(self) -> dict[str, Any]:
         """Everything needed to continue elsewhere, waiting messages included."""
         return {"mailbox": list(self._mailbox or ()), "state": self.state,
-                "reported": self.reported, "desired": self.desired, "last_ts": self.last_ts,
-                "last_seen": self.last_seen, "power_w": self.power_w, "n_accepted": self.n_accepted, "quality": self.quality,
-                "restarts": self.restarts}
+                "reported": self.reported, "desired": self.desired,
+                "last_ts": self.last_ts, "last_seen": self.last_seen,
+                "power_w": self.power_w, "n_accepted": self.n_accepted,
+                "quality": self.quality, "restarts": self.restarts}
 
     def export_row(self) -> list[Any]:
         """The state as plain data (for msgpack snapshots); waiting samples as arrays."""
