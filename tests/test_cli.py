@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,11 +42,15 @@ def test_demo_is_deterministic_for_a_seed() -> None:
     assert first.getvalue() == second.getvalue()
 
 
-def test_twin_demo_runs_as_a_command() -> None:
+def test_twin_demo_runs_as_a_command_with_its_store_in_the_data_directory(
+        tmp_path: Path) -> None:
+    env = {**os.environ, "TWIN_DATA_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "twin.cli", "demo", "--assets", "60",
-                           "--minutes", "1"], capture_output=True, text=True, check=True)
+                           "--minutes", "1"], capture_output=True, text=True, check=True, env=env)
     assert "reporting" in done.stdout
     assert "actor_failed" not in done.stdout      # logs go to stderr
+    assert f"store: sqlite:///{tmp_path}/demo.db (6 batches in the durable log" in done.stdout
+    assert (tmp_path / "demo.db").exists()
 
 
 def test_check_prints_a_models_size(tmp_path: Path, example_dict: dict[str, Any],

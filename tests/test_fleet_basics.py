@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from twin import (
@@ -199,3 +201,24 @@ def test_advance_needs_a_virtual_clock(model: FleetModel) -> None:
     with Fleet(model, clock=Frozen(), tick_interval_s=3600) as fleet, \
             pytest.raises(TypeError, match="VirtualClock"):
         fleet.advance(1)
+
+
+def test_per_kind_bounds_in_the_model_defaults_decide_what_is_anomalous(
+        example_dict: dict[str, Any], clock: VirtualClock) -> None:
+    example_dict["defaults"]["bounds"] = {
+        "turbine": {"power_kw": {"lo": 0, "hi": 1.5, "scale": "rated_kw"},
+                    "wind_speed_ms": [0, 40]}}
+    model = FleetModel.from_dict(example_dict)
+    assert FleetModel.from_dict(model.to_dict()).bounds == model.bounds
+    with Fleet(model, clock=clock) as fleet:
+        report = fleet.ingest([Sample("t-01", clock.now(), {"power_kw": 4000.0}),   # 1.33 x rated
+                               Sample("t-02", clock.now(), {"wind_speed_ms": 45.0})])
+        assert (report.accepted, report.anomalous) == (1, 1)
+    with Fleet(FleetModel.from_dict({**example_dict, "defaults": {}}), clock=clock) as fleet:
+        assert fleet.ingest([Sample("t-01", clock.now(), {"power_kw": 4000.0})]).anomalous == 1
+
+
+def test_bad_bounds_name_the_kind_and_signal(example_dict: dict[str, Any]) -> None:
+    example_dict["defaults"]["bounds"] = {"battery": {"soc_pct": [100, 0]}}
+    with pytest.raises(ValueError, match=r"defaults.bounds.battery.soc_pct: lo=100 is above hi=0"):
+        FleetModel.from_dict(example_dict)

@@ -46,7 +46,7 @@ def demo_model(assets: int, seed: int) -> dict[str, Any]:
 
 
 def run_demo(out: TextIO, assets: int = 300, silent: float = 0.08, minutes: float = 3.0,
-             seed: int = 7) -> Fleet:
+             seed: int = 7, store: str | None = None) -> Fleet:
     """Run the demo fleet in virtual time and print its tree to ``out``; returns the fleet
     (closed)."""
     rng = random.Random(seed)
@@ -56,7 +56,7 @@ def run_demo(out: TextIO, assets: int = 300, silent: float = 0.08, minutes: floa
     never = set(rng.sample(ids, int(len(ids) * silent)))            # never come up
     drop_at = {a: rng.uniform(30, minutes * 60 - 40) for a in rng.sample(ids, len(ids) // 25)}
     crashy = rng.choice(sorted(set(ids) - never - set(drop_at)))
-    with Fleet(model, clock=clock, seed=seed) as fleet:
+    with Fleet(model, clock=clock, seed=seed, store=store) as fleet:
         steps = int(minutes * 60 / 10)
         for step in range(steps):
             elapsed = step * 10.0
@@ -76,7 +76,12 @@ def run_demo(out: TextIO, assets: int = 300, silent: float = 0.08, minutes: floa
         out.write(f"\n{metrics['samples_accepted']:,} samples accepted in "
                   f"{minutes:g} min of virtual time; {metrics['transitions']} state "
                   f"transitions; {metrics['supervisor_restarts']} actor restarts, "
-                  f"{metrics['supervisor_quarantines']} quarantined ({crashy}, crash loop)\n")
+                  f"{metrics['supervisor_quarantines']} quarantined"
+                  f"{f' ({crashy}, crash loop)' if metrics['supervisor_quarantines'] else ''}\n")
+        if fleet.store is not None:
+            fleet.flush()
+            out.write(f"store: {fleet.store.url} ({metrics['batches']} batches in the durable "
+                      f"log, {fleet.store.count('twin_samples'):,} sample rows)\n")
     return fleet
 
 

@@ -42,6 +42,7 @@ from twin._errors import (
     TwinError,
 )
 from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
+from twin._metrics import exposition, registry_for
 from twin._model import FleetModel
 from twin._persistence import Persistence
 from twin._rollup import Rollup
@@ -130,6 +131,7 @@ class Fleet:
         self._replaying = False
         self._persist: Persistence | None = None
         self._tree = RollupTree(self.clock.now)
+        self._registry = registry_for(self.metrics)
         self._hosting = Hosting(system, shards, call_timeout_s)
         self._shards: list[ShardClient] = self._hosting.shards
         self._site_shard: dict[str, int] = {}
@@ -414,12 +416,28 @@ class Fleet:
             for key in ("failures", "restarts", "quarantines", "escalations"):
                 out[f"supervisor_{key}"] = sum(s[key] for s in shards)
             out["assets"] = sum(s["assets"] for s in shards)
+            out["transitions_by_state"] = dict(self._transition_counts)
+            by_state: dict[str, int] = {}
+            for rollup in self._tree.top_level():
+                for name in ("reporting", "offline", "unknown", "quarantined"):
+                    by_state[name] = by_state.get(name, 0) + getattr(rollup, name)
+            out["assets_by_state"] = by_state
+            if self._persist is not None:
+                writer = self._persist.store.writer
+                out.update(store_queue_depth=writer.depth, store_rows_written=writer.written_rows,
+                           store_write_retries=writer.retries, store_writes=writer.writes,
+                           store_write_seconds=writer.write_seconds,
+                           store_log_offset=self._persist.last_offset)
             out["liveness_timer_arms"] = sum(s["wheel_arms"] for s in shards)
             out["shards"] = len(shards)
             out["subscriptions"] = sum(len(v) for v in self._subs.values())
             out["pending_changes"] = len(self._pending)
             out["model_version"] = self.model.version
             return out
+
+    def metrics_text(self) -> bytes:
+        """The counters in Prometheus text format (``twin_samples_total{outcome="late"}``)."""
+        return exposition(self._registry)
 
     # -- control --------------------------------------------------------------------------
 

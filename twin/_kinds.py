@@ -10,6 +10,7 @@ delivers to the grid (generator convention). A charging EV or battery reports ne
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -193,6 +194,26 @@ class Charger(AssetKind):
     commands = {"power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw")}
 
 
+def _parse_bound(where: str, current: Signal, raw: Any) -> Signal:
+    if isinstance(raw, list | tuple) and len(raw) == 2:
+        lo, hi, scale = raw[0], raw[1], None
+    elif isinstance(raw, Mapping) and set(raw) <= {"lo", "hi", "scale"}:
+        lo, hi, scale = raw.get("lo", -math.inf), raw.get("hi", math.inf), raw.get("scale")
+    else:
+        raise ModelError(f"{where}: expected [lo, hi] or {{\"lo\", \"hi\", \"scale\"}}, "
+                         f"got {raw!r}")
+    if scale not in (None, "rated_kw", "capacity_kwh"):
+        raise ModelError(f"{where}.scale: expected 'rated_kw' or 'capacity_kwh', got {scale!r}")
+    for name, value in (("lo", lo), ("hi", hi)):
+        if type(value) not in (int, float) or math.isnan(value):
+            raise ModelError(f"{where}.{name}: expected a number, got {value!r}")
+    if lo > hi:
+        raise ModelError(f"{where}: lo={lo!r} is above hi={hi!r}")
+    if current.boolean:
+        raise ModelError(f"{where}: a true/false signal has no bounds")
+    return Signal(current.unit, float(lo), float(hi), scale)
+
+
 class KindRegistry:
     """Kinds by name. ``twin.default_kinds`` holds the built-ins and what applications add."""
 
@@ -229,6 +250,29 @@ class KindRegistry:
 
     def copy(self) -> KindRegistry:
         return KindRegistry(self._kinds.values())
+
+    def with_bounds(self, bounds: Any, where: str = "defaults.bounds") -> KindRegistry:
+        """A copy whose kinds take the signal bounds given as
+        ``{kind: {signal: [lo, hi] | {"lo": .., "hi": .., "scale": "rated_kw"}}}``."""
+        if not isinstance(bounds, Mapping):
+            raise ModelError(f"{where}: expected an object of kind → signal → bounds, "
+                             f"got {bounds!r}")
+        out = self.copy()
+        for kind_name, signals in bounds.items():
+            kind = out.get(kind_name)
+            if not isinstance(signals, Mapping):
+                raise ModelError(f"{where}.{kind_name}: expected an object of signal → bounds")
+            changed = dict(kind.signals)
+            for name, raw in signals.items():
+                current = changed.get(name)
+                if current is None:
+                    raise ModelError(f"{where}.{kind_name}.{name}: kind {kind_name!r} has no "
+                                     f"signal {name!r} (known: {', '.join(sorted(changed))})")
+                changed[name] = _parse_bound(f"{where}.{kind_name}.{name}", current, raw)
+            tuned = copy.copy(kind)
+            tuned.signals = changed      # type: ignore[misc]  # this instance only
+            out.register(tuned, replace=True)
+        return out
 
 
 default_kinds = KindRegistry([Turbine(), Battery(), Charger()])

@@ -111,6 +111,7 @@ class FleetModel:
         self.assets: dict[str, AssetSpec] = {}
         self.retired: dict[str, AssetSpec] = {}
         self.groups: dict[str, tuple[str, ...]] = {}
+        self.bounds: Mapping[str, Any] | None = None    # per-kind bound overrides, as given
         self.version = 0
         self.effective_from: float = -math.inf
         self.history: list[Any] = []          # twin._changes.ModelVersion, oldest first
@@ -125,7 +126,14 @@ class FleetModel:
         if unknown:
             raise ModelError(f"unknown top-level field {sorted(unknown)[0]!r} "
                              "(valid: defaults, owners, groups, name)")
-        model = cls(Defaults.from_dict(raw.get("defaults")), kinds or default_kinds)
+        defaults = raw.get("defaults")
+        kinds = kinds or default_kinds
+        if isinstance(defaults, Mapping) and "bounds" in defaults:
+            kinds = kinds.with_bounds(defaults["bounds"])
+            defaults = {k: v for k, v in defaults.items() if k != "bounds"}
+        model = cls(Defaults.from_dict(defaults), kinds)
+        if isinstance(raw.get("defaults"), Mapping) and "bounds" in raw["defaults"]:
+            model.bounds = raw["defaults"]["bounds"]
         owners = _list(raw.get("owners", []), "owners")
         for o, owner in enumerate(owners):
             where = f"owners[{o}]"
@@ -161,6 +169,8 @@ class FleetModel:
         d = self.defaults
         out: dict[str, Any] = {"defaults": {f.name: getattr(d, f.name) for f in fields(d)},
                                "owners": []}
+        if self.bounds is not None:
+            out["defaults"]["bounds"] = self.bounds
         for owner_id, regions in self.owners.items():
             regions_out = []
             for region_id, sites in regions.items():
@@ -373,6 +383,7 @@ class FleetModel:
         clone.assets = dict(self.assets)
         clone.retired = dict(self.retired)
         clone.groups = dict(self.groups)
+        clone.bounds = self.bounds
         clone.version = self.version
         clone.effective_from = self.effective_from
         clone.history = list(self.history)

@@ -231,7 +231,8 @@ class Writer:
         self.retry_max_s = retry_max_s
         self.rng = rng
         self.written_rows = 0
-        self.write_seconds: list[float] = []        # drained by the metrics collector
+        self.writes = 0
+        self.write_seconds = 0.0
         self.retries = 0
         self.cleaned_offset = 0
         self._stopped = threading.Event()
@@ -304,7 +305,8 @@ class Writer:
                     if transition_rows:
                         conn.exec_driver_sql(self._transitions_sql, transition_rows)
                     conn.execute(_upsert_progress(self.dialect, offset))
-                self.write_seconds.append(time.perf_counter() - started)
+                self.writes += 1
+                self.write_seconds += time.perf_counter() - started
                 self.written_rows += len(sample_rows) + len(transition_rows)
                 self.cleaned_offset = offset
                 return

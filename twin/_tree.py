@@ -14,6 +14,7 @@ from actors import Kernel
 from actors.groups import GroupActor, LeafSummary, RemoveChild
 from twin._errors import UnknownPath
 from twin._model import FleetModel
+from twin._rollup import Rollup
 
 
 def owner_key(owner: str) -> str:
@@ -124,6 +125,10 @@ class RollupTree:
         if node is None:
             raise UnknownPath(path, _hint(path, self.by_path))
         return node
+
+    def top_level(self) -> list[Rollup]:
+        """The owners' roll-ups: together they count every asset once."""
+        return [node.snapshot() for node in self.nodes.values() if node.level == "owner"]
 
     def paths(self, level: str | None = None) -> list[str]:
         return [p for p, n in self.by_path.items() if level is None or n.level == level]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from twin._errors import TwinError
 
@@ -26,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--minutes", type=float, default=3.0,
                       help="virtual minutes to run (default 3)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument("--store", default=None, metavar="URL",
+                      help="SQLAlchemy URL of the store (default: a fresh SQLite file "
+                           "demo.db in the data directory, $TWIN_DATA_DIR or "
+                           "~/.local/share/twin); 'none' keeps everything in memory")
 
     check = commands.add_parser(
         "check", help="validate a fleet model file",
@@ -41,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from twin._demo import run_demo
 
             run_demo(sys.stdout, assets=args.assets, silent=args.silent, minutes=args.minutes,
-                     seed=args.seed)
+                     seed=args.seed, store=_demo_store(args.store))
         elif args.command == "check":
             from twin._model import FleetModel
 
@@ -60,6 +66,24 @@ class _StderrLogger:
         print(message, file=sys.stderr, flush=True)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def data_dir() -> Path:
+    """Where the ``twin`` commands keep their files: $TWIN_DATA_DIR, else
+    $XDG_DATA_HOME/twin, else ~/.local/share/twin."""
+    if os.environ.get("TWIN_DATA_DIR"):
+        return Path(os.environ["TWIN_DATA_DIR"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "twin"
+
+
+def _demo_store(option: str | None) -> str | None:
+    if option is not None:
+        return None if option.lower() == "none" else option
+    path = data_dir() / "demo.db"
+    for stale in (path, path.with_name("demo.db-wal"), path.with_name("demo.db-shm")):
+        stale.unlink(missing_ok=True)         # the demo starts from a clean slate each run
+    return f"sqlite:///{path}"
 
 
 def _log_to_stderr() -> None:

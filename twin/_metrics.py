@@ -1,0 +1,84 @@
+"""Prometheus exposition of a fleet's counters (``prometheus_client``).
+
+The fleet keeps its counters as plain integers (``Fleet.metrics()``); a collector turns them
+into metric families at scrape time, so there is one source of truth and nothing to keep in
+sync. Labels are low-cardinality only (outcome, state): never an asset id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from twin._samples import OUTCOMES
+
+
+class FleetCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._read()
+        samples = CounterMetricFamily("twin_samples", "Samples ingested, by outcome",
+                                      labels=["outcome"])
+        for outcome in OUTCOMES:
+            samples.add_metric([outcome], m[f"samples_{outcome}"])
+        yield samples
+        yield CounterMetricFamily("twin_batches", "Batches ingested", value=m["batches"])
+        yield CounterMetricFamily("twin_batches_refused",
+                                  "Batches refused because the store was busy or away",
+                                  value=m["batches_refused"])
+        yield CounterMetricFamily("twin_batch_bytes", "Bytes of ingested batches (wire format)",
+                                  value=m["batch_bytes"])
+        transitions = CounterMetricFamily("twin_state_transitions",
+                                          "Asset state transitions, by new state",
+                                          labels=["state"])
+        for state, n in sorted(m["transitions_by_state"].items()):
+            transitions.add_metric([state], n)
+        yield transitions
+        for key, help_text in (("restarts", "Actor restarts by supervisors"),
+                               ("failures", "Actor failures seen by supervisors"),
+                               ("quarantines", "Actors quarantined after a crash loop"),
+                               ("escalations", "Failures escalated to a parent supervisor")):
+            yield CounterMetricFamily(f"twin_supervisor_{key}", help_text,
+                                      value=m[f"supervisor_{key}"])
+        yield CounterMetricFamily("twin_model_changes", "Model changes applied",
+                                  value=m["model_changes"])
+        yield CounterMetricFamily("twin_snapshots", "Snapshots taken", value=m["snapshots"])
+        yield CounterMetricFamily("twin_subscriber_errors", "Subscription callbacks that raised",
+                                  value=m["callback_errors"])
+        yield GaugeMetricFamily("twin_assets", "Assets in the fleet", value=m["assets"])
+        states = GaugeMetricFamily("twin_assets_by_state", "Assets now in each state",
+                                   labels=["state"])
+        for state, n in sorted(m["assets_by_state"].items()):
+            states.add_metric([state], n)
+        yield states
+        if "store_queue_depth" in m:
+            yield GaugeMetricFamily("twin_store_queue_depth",
+                                    "Batches of derived rows waiting for the store writer",
+                                    value=m["store_queue_depth"])
+            yield CounterMetricFamily("twin_store_rows_written", "Derived rows written",
+                                      value=m["store_rows_written"])
+            yield CounterMetricFamily("twin_store_write_retries",
+                                      "Store writes retried after a database error",
+                                      value=m["store_write_retries"])
+            yield CounterMetricFamily("twin_store_write_seconds",
+                                      "Time spent in store write transactions",
+                                      value=m["store_write_seconds"])
+            yield CounterMetricFamily("twin_store_writes", "Store write transactions",
+                                      value=m["store_writes"])
+
+
+def registry_for(read: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(read))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format."""
+    return generate_latest(registry)
