@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import json
 import threading
+from concurrent.futures import Future
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ class Fleet:
                 self._restore()
         except BaseException:
             if self._persist is not None:
-                self._persist.store.close()
+                self._persist.close()
             self._hosting.shutdown()
             raise
         self._ticker: threading.Thread | None = None
@@ -227,20 +228,34 @@ class Fleet:
             self._check_open()
             now = self.clock.now()
             self._fire_scheduled(now)
-            clean, indices = self._screen(batch, report)
+            clean, indices = (batch, None) if given_indices is not None else self._screen(
+                batch, report)
             if given_indices is not None:
                 indices = ([given_indices[i] for i in indices] if indices is not None
                            else given_indices)
-            offset = 0
+            appended: Future[int] | None = None
             if self._persist is not None:
                 if payload is None:
                     payload = pack_batch(clean, source, now)
                 try:
-                    offset = self._persist.append(now, source, payload, len(clean))
-                except (StoreBusy, StoreUnavailable):
+                    # the append (and its fsync) runs while the actors work; the batch is
+                    # acknowledged only once it is durable, below
+                    appended = self._persist.append(now, source, payload, len(clean))
+                except StoreBusy:
                     self._counters["batches_refused"] += 1
                     raise
-            self._run_batch(now, clean, indices, report, offset)
+            parts = self._run_batch(now, clean, indices, report)
+            if appended is not None:
+                assert self._persist is not None
+                try:
+                    offset = appended.result()
+                except StoreUnavailable:
+                    # applied but not durable, so not acknowledged: a restart forgets it,
+                    # and sending it again is harmless (replays are idempotent)
+                    self._counters["batches_refused"] += 1
+                    raise
+                self._persist.derived(offset, now, parts, self._unsaved)
+                self._unsaved = []
             self._counters["batches"] += 1
             self._counters["batch_bytes"] += len(payload) if payload is not None else 0
             for name, n in report.counts().items():
@@ -250,8 +265,9 @@ class Fleet:
         return report
 
     def _run_batch(self, now: float, clean: list[Sample], indices: list[int] | None,
-                   report: IngestReport, offset: int) -> None:
-        """Hand a screened batch to the shards; with a store, queue its derived rows."""
+                   report: IngestReport) -> list[tuple[list[Sample], bytes]]:
+        """Hand a screened batch to the shards; returns its samples with their outcome codes
+        (shard by shard) when a store wants them."""
         storing = self._persist is not None
         parts: list[tuple[list[Sample], bytes]] = []
         if len(self._shards) == 1:
@@ -263,9 +279,7 @@ class Fleet:
                 out = shard.call("ingest", now, part, part_indices, storing)
                 self._absorb(out, report)
                 parts.append((part, out.outcomes or b""))
-        if self._persist is not None:
-            self._persist.derived(offset, now, parts, self._unsaved)
-            self._unsaved = []
+        return parts
 
     def _screen(self, batch: list[Any], report: IngestReport
                 ) -> tuple[list[Sample], list[int] | None]:
@@ -619,7 +633,7 @@ class Fleet:
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join()
         if self._persist is not None:
-            self._persist.store.close()
+            self._persist.close()
         self._hosting.shutdown()
 
     # -- durability -----------------------------------------------------------------------
@@ -676,9 +690,10 @@ class Fleet:
             for entry in store.read_log(start):
                 self._tick(entry.received_at)
                 decoded = unpack_batch(entry.payload)
-                report = IngestReport()
-                self._run_batch(entry.received_at, decoded.samples, decoded.indices, report,
-                                entry.offset)
+                parts = self._run_batch(entry.received_at, decoded.samples, decoded.indices,
+                                        IngestReport())
+                self._persist.derived(entry.offset, entry.received_at, parts, self._unsaved)
+                self._unsaved = []
                 self._counters["replayed_batches"] += 1
                 self._counters["replayed_samples"] += decoded.size
             self._unsaved = []

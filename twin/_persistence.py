@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -24,14 +25,19 @@ class Persistence:
     def __init__(self, store: Store, snapshot_every_s: float, snapshot_every_batches: int
                  ) -> None:
         self.store = store
+        self._appender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-log")
         self.snapshot_every_s = snapshot_every_s
         self.snapshot_every_batches = snapshot_every_batches
         self.last_offset = 0               # newest log offset reflected in the fleet's state
         self._last_snapshot_at: float | None = None
         self._batches_since_snapshot = 0
 
-    def append(self, received_at: float, source: str, payload: bytes, count: int) -> int:
-        return self.store.append(received_at, source, payload, count)
+    def append(self, received_at: float, source: str, payload: bytes, count: int
+               ) -> Future[int]:
+        """Start appending a batch to the log (raises :class:`StoreBusy` at once when the
+        writer is too far behind); the future gives its offset once it is durable."""
+        self.store.writer.wait_for_room(self.store.busy_timeout_s)
+        return self._appender.submit(self.store.append, received_at, source, payload, count)
 
     def derived(self, offset: int, received_at: float,
                 parts: Sequence[tuple[Sequence[Sample], bytes]],
@@ -70,10 +76,21 @@ class Persistence:
             merged.update(rows)
         return merged
 
+    def close(self) -> None:
+        self._appender.shutdown(wait=True)
+        self.store.close()
+
     def record_change(self, version: int, effective: float, recorded_at: float,
                       change: dict[str, Any]) -> None:
         self.store.record_model_version(version, effective, recorded_at,
                                         json.dumps(change, sort_keys=True))
+
+
+def _pack(values: dict[str, Any]) -> bytes | None:
+    if not values:
+        return None
+    packed: bytes = msgpack.packb(values, use_bin_type=True, default=repr)
+    return packed
 
 
 class _SampleRows:
@@ -91,9 +108,16 @@ class _SampleRows:
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         offset, received_at = self._offset, self._received_at
-        pack = msgpack.packb
+        stored = STORED_OUTCOMES
         for samples, outcomes in self._parts:
             for sample, code in zip(samples, outcomes, strict=True):
-                if code in STORED_OUTCOMES:
-                    yield (float(sample.ts), sample.asset_id, received_at, code, offset,
-                           pack(sample.signals, use_bin_type=True, default=repr))
+                if code in stored:
+                    signals = sample.signals
+                    power = signals.get("power_kw")
+                    if len(signals) == 1 and power is not None:
+                        others = None                     # the common case: no blob to pack
+                    else:
+                        others = _pack({k: v for k, v in signals.items() if k != "power_kw"})
+                    if power is not None and type(power) is not float:
+                        power = float(power) if type(power) is int else None
+                    yield (sample.ts, sample.asset_id, received_at, code, offset, power, others)

@@ -105,7 +105,6 @@ class Store:
 
     def append(self, received_at: float, source: str, payload: bytes, count: int) -> int:
         """Append a batch to the raw log and commit; returns its offset."""
-        self.writer.wait_for_room(self.busy_timeout_s)
         deadline = time.monotonic() + self.busy_timeout_s
         attempt = 0
         with self._log_lock:
@@ -238,7 +237,7 @@ class Writer:
         self._stopped = threading.Event()
         self._samples_sql = _insert_ignore_sql(self.dialect, "twin_samples",
                                                ("ts", "asset_id", "received_at", "outcome",
-                                                "log_offset", "signals"))
+                                                "log_offset", "power_kw", "signals"))
         self._transitions_sql = _insert_ignore_sql(self.dialect, "twin_transitions",
                                                    ("log_offset", "at", "asset_id", "old",
                                                     "new", "reason"))

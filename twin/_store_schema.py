@@ -34,8 +34,10 @@ log = Table(
 )
 
 # Clean and flagged samples, one row each: accepted and late samples (history), and anomalous
-# ones (flagged, kept raw). Keyed by device time then asset: a replayed or repeated sample
-# conflicts and changes nothing, and rows arrive in roughly key order.
+# ones (flagged by their outcome code, values kept raw). Keyed by device time then asset: a
+# replayed or repeated sample conflicts and changes nothing, and rows arrive in roughly key
+# order. ``power_kw`` has its own column (queries want it, and most reports carry nothing
+# else); any other signals are a msgpack map in ``signals``.
 samples = Table(
     "twin_samples", metadata,
     Column("ts", Double, nullable=False),
@@ -43,7 +45,8 @@ samples = Table(
     Column("received_at", Double, nullable=False),
     Column("outcome", SmallInteger, nullable=False),
     Column("log_offset", BigInteger, nullable=False),
-    Column("signals", LargeBinary, nullable=False),
+    Column("power_kw", Double),                      # the common signal, as a column
+    Column("signals", LargeBinary),                  # msgpack map of the others, if any
     PrimaryKeyConstraint("ts", "asset_id"),
 )
 

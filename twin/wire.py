@@ -72,15 +72,25 @@ def unpack_batch(payload: bytes | bytearray | memoryview) -> Batch:
     if not isinstance(rows, list):
         raise IngestError(f"batch field 'samples' must be an array, got {_show(rows)}")
     batch = Batch(source, None if sent_at is None else float(sent_at), size=len(rows))
-    append_sample = batch.samples.append
-    append_index = batch.indices.append
+    try:
+        # the common case, a clean batch, in one comprehension (ts and signal values are
+        # checked by the asset actors, as for Sample objects)
+        batch.samples = [Sample(asset_id, ts, signals, seq) for asset_id, ts, seq, signals in rows
+                         if type(asset_id) is str and type(signals) is dict and
+                         (seq is None or type(seq) is int)]
+    except (TypeError, ValueError):
+        batch.samples = []                    # a row is not a 4-array: sort them one by one
+    if len(batch.samples) == len(rows):
+        batch.indices = list(range(len(rows)))
+        return batch
+    batch.samples = []
     for index, row in enumerate(rows):
         if type(row) is list and len(row) == 4:
             asset_id, ts, seq, signals = row
             if (type(asset_id) is str and type(signals) is dict and
                     (seq is None or type(seq) is int)):
-                append_sample(Sample(asset_id, ts, signals, seq))
-                append_index(index)
+                batch.samples.append(Sample(asset_id, ts, signals, seq))
+                batch.indices.append(index)
                 continue
         batch.errors.append(_sample_error(index, row))
     return batch
