@@ -18,10 +18,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import BATCH, KINDS, START, fleet_dict, rss_bytes  # noqa: E402
+from bench_core import BATCH, KINDS, START, fleet_dict, rss_bytes
 
-from twin import Fleet, FleetModel, Sample, VirtualClock  # noqa: E402
-from twin.wire import pack_batch  # noqa: E402
+from twin import Fleet, FleetModel, Sample, VirtualClock
+from twin.wire import pack_batch
 
 
 class Devices:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import bisect
 import json
 import threading
-from concurrent.futures import Future
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
