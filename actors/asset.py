@@ -67,10 +67,10 @@ class AssetHost(Protocol):
     """What an asset actor needs from the shard that holds it."""
 
     now: float
+    future_after: float      # now + allowed skew: device times beyond are "future"
+    stale_before: float      # now - retention: device times before are "stale"
     kernel: Kernel
     wheel: DeadlineWheel
-    allowed_skew_s: float
-    retention_s: float
 
     def transition(self, asset: AssetActor, old: int, new: int, reason: str) -> None: ...
 
@@ -126,12 +126,14 @@ class AssetActor(Actor):
         if (kind_of_ts is not float and kind_of_ts is not int) or ts - ts != 0:
             return self._note(Rejection("ts", ts, "expected device time as finite unix seconds"))
         spec = self.spec
-        verdict = self.kind.classify(spec, sample.signals)
+        kind = self.kind
+        signals = sample.signals
+        verdict = kind.classify(spec, signals)
         if verdict is not False and verdict is not True:
             return self._note(verdict)
-        if ts > now + host.allowed_skew_s:
+        if ts > host.future_after:
             return self._note(FUTURE)
-        if ts < now - host.retention_s:
+        if ts < host.stale_before:
             return self._note(STALE)
         newest = self.last_ts
         if newest is not None and ts <= newest:
@@ -140,8 +142,6 @@ class AssetActor(Actor):
             return self._note(ANOMALOUS if verdict else LATE)
         if verdict:
             return self._note(ANOMALOUS)
-        signals = sample.signals
-        kind = self.kind
         derived = kind.derive(spec, self.reported or {}, signals) if kind.derives else None
         # -- commit: nothing below raises ---------------------------------------------------
         reported = self.reported

@@ -71,11 +71,11 @@ class Shard:
     def __init__(self, config: ShardConfig) -> None:
         self.config = config
         self.index = config.index
-        self.now = 0.0
         self.kernel = Kernel()
         self.wheel = DeadlineWheel(_expire, config.wheel_resolution_s)
         self.allowed_skew_s = config.defaults.allowed_skew_s
         self.retention_s = config.defaults.retention_s
+        self._set_now(0.0)
         self.kinds = config.kinds
         self.stats = SupervisionStats()
         self._rng = random.Random(config.seed * 1_000_003 + config.index)
@@ -91,6 +91,11 @@ class Shard:
 
     def _clock(self) -> float:
         return self.now
+
+    def _set_now(self, now: float) -> None:
+        self.now = now
+        self.future_after = now + self.allowed_skew_s
+        self.stale_before = now - self.retention_s
 
     # -- the AssetHost protocol -----------------------------------------------------------
 
@@ -142,7 +147,7 @@ class Shard:
         """Hand each sample to its asset actor; count outcomes. ``indices`` are the samples'
         positions in the caller's batch (for error messages), when it was split;
         ``want_outcomes`` returns each sample's outcome code too."""
-        self.now = now
+        self._set_now(now)
         outcomes = bytearray(len(samples)) if want_outcomes else None
         counts = [0] * len(OUTCOMES)
         errors: list[SampleError] = []
@@ -185,13 +190,13 @@ class Shard:
 
     def tick(self, now: float) -> ShardOutput:
         """Let time pass: fire due liveness deadlines and restart timers."""
-        self.now = now
+        self._set_now(now)
         self.wheel.advance(now)
         self.kernel.advance(now)
         return self.collect()
 
     def command(self, now: float, asset_id: str, payload: Mapping[str, Any]) -> ShardOutput:
-        self.now = now
+        self._set_now(now)
         actor = self._actor(asset_id)
         if actor.status == RUNNING:
             reply = self.kernel.deliver(actor, Command(dict(payload)))
@@ -205,13 +210,13 @@ class Shard:
         return out
 
     def inject_fault(self, now: float, asset_id: str, reason: str) -> ShardOutput:
-        self.now = now
+        self._set_now(now)
         self.kernel.deliver(self._actor(asset_id), InjectedFault(reason))
         self.kernel.run()
         return self.collect()
 
     def release(self, now: float, asset_id: str) -> ShardOutput:
-        self.now = now
+        self._set_now(now)
         self._actor(asset_id).release()
         return self.collect()
 
@@ -226,7 +231,7 @@ class Shard:
     # -- model changes ------------------------------------------------------------------------
 
     def decommission(self, now: float, asset_id: str) -> ShardOutput:
-        self.now = now
+        self._set_now(now)
         actor = self._actor(asset_id)
         actor.retire()
         self.sites[actor.spec.site][1].release(actor)
@@ -235,7 +240,7 @@ class Shard:
 
     def move_local(self, now: float, spec: AssetSpec, direct_groups: Sequence[str]) -> ShardOutput:
         """Move an asset to another site of this shard (or change its direct groups)."""
-        self.now = now
+        self._set_now(now)
         actor = self._actor(spec.id)
         actor.leave_tallies()
         self.sites[actor.spec.site][1].release(actor)
@@ -247,7 +252,7 @@ class Shard:
 
     def export_asset(self, now: float, asset_id: str) -> ShardOutput:
         """Remove an asset that moves to another shard; the reply is its state."""
-        self.now = now
+        self._set_now(now)
         actor = self._actor(asset_id)
         saved = actor.export_state()
         actor.leave_tallies()
@@ -261,7 +266,7 @@ class Shard:
 
     def import_asset(self, now: float, spec: AssetSpec, saved: Mapping[str, Any],
                      direct_groups: Sequence[str]) -> ShardOutput:
-        self.now = now
+        self._set_now(now)
         tally, supervisor = self.sites[spec.site]
         actor = AssetActor(spec, self.kinds.get(spec.kind), self, ())
         actor.import_state(saved)          # not in any tally yet: joins with its real state
@@ -280,7 +285,7 @@ class Shard:
     def restore(self, now: float, rows: Mapping[str, Any]) -> ShardOutput:
         """Take over snapshot rows for the actors this shard holds (others are ignored: the
         model may have moved them since)."""
-        self.now = now
+        self._set_now(now)
         for asset_id, row in rows.items():
             actor = self.actors.get(asset_id)
             if actor is None:
