@@ -39,6 +39,7 @@ from twin._clock import Clock, RealClock, VirtualClock
 from twin._errors import (
     AssetUnavailable,
     FleetClosed,
+    IngestError,
     InvalidCommand,
     TwinError,
 )
@@ -221,6 +222,9 @@ class Fleet:
             batch: list[Any] = decoded.samples
             given_indices: list[int] | None = decoded.indices
             source = decoded.source or source
+        elif isinstance(samples, str | Mapping):
+            raise IngestError(f"a batch is msgpack bytes or a list of Sample objects, got "
+                              f"{type(samples).__name__}")
         else:
             batch = samples if isinstance(samples, list) else list(samples)
             given_indices = None
