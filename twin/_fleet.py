@@ -15,7 +15,6 @@ import json
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -50,10 +49,10 @@ from twin._persistence import Persistence
 from twin._rollup import Rollup
 from twin._samples import OUTCOMES, IngestReport, Sample, SampleError
 from twin._shard import ShardConfig, ShardOutput, Transition, partial_key
-from twin._store import Store, StoreBusy, StoreUnavailable
+from twin._store import Store, StoreBusy, StoredVersion, StoreUnavailable
 from twin._tree import RollupTree
 from twin._views import AssetView, CommandReceipt
-from twin.wire import pack_batch, unpack_batch
+from twin.wire import pack_batch, sample_error, unpack_batch
 
 log = structlog.get_logger("twin.fleet")
 
@@ -213,21 +212,8 @@ class Fleet:
         not accepted (nothing of it applied) and may be sent again.
         """
         report = IngestReport()
-        payload: bytes | None = None
-        if isinstance(samples, bytes | bytearray | memoryview):
-            payload = bytes(samples)
-            decoded = unpack_batch(payload)
-            report.rejected = len(decoded.errors)
-            report.errors.extend(decoded.errors)
-            batch: list[Any] = decoded.samples
-            given_indices: list[int] | None = decoded.indices
-            source = decoded.source or source
-        elif isinstance(samples, str | Mapping):
-            raise IngestError(f"a batch is msgpack bytes or a list of Sample objects, got "
-                              f"{type(samples).__name__}")
-        else:
-            batch = samples if isinstance(samples, list) else list(samples)
-            given_indices = None
+        payload, batch, given_indices, source = self._decode(samples, source, report)
+        size = len(batch) if given_indices is None else report.rejected + len(batch)
         with self._lock:
             self._check_open()
             now = self.clock.now()
@@ -237,27 +223,17 @@ class Fleet:
             if given_indices is not None:
                 indices = ([given_indices[i] for i in indices] if indices is not None
                            else given_indices)
-            appended: Future[int] | None = None
+            offset = 0
             if self._persist is not None:
-                if payload is None:
-                    payload = pack_batch(clean, source, now)
+                assert payload is not None
                 try:
-                    # the append (and its fsync) runs while the actors work; the batch is
-                    # acknowledged only once it is durable, below
-                    appended = self._persist.append(now, source, payload, len(clean))
-                except StoreBusy:
+                    # durable before anything is applied: a refused batch changes nothing
+                    offset = self._persist.append(now, source, payload, size)
+                except (StoreBusy, StoreUnavailable):
                     self._counters["batches_refused"] += 1
                     raise
             parts = self._run_batch(now, clean, indices, report)
-            if appended is not None:
-                assert self._persist is not None
-                try:
-                    offset = appended.result()
-                except StoreUnavailable:
-                    # applied but not durable, so not acknowledged: a restart forgets it,
-                    # and sending it again is harmless (replays are idempotent)
-                    self._counters["batches_refused"] += 1
-                    raise
+            if self._persist is not None:
                 self._persist.derived(offset, now, parts, self._unsaved)
                 self._unsaved = []
             self._counters["batches"] += 1
@@ -267,6 +243,27 @@ class Fleet:
             self._maybe_snapshot(now)
             self._notify()
         return report
+
+    def _decode(self, samples: Iterable[Sample] | bytes, source: str, report: IngestReport
+                ) -> tuple[bytes | None, list[Any], list[int] | None, str]:
+        """(payload to log, samples, their indices in the batch if decoded, source)."""
+        if isinstance(samples, str | Mapping):
+            raise IngestError(f"a batch is msgpack bytes or a list of Sample objects, got "
+                              f"{type(samples).__name__}")
+        if isinstance(samples, bytes | bytearray | memoryview):
+            payload: bytes | None = bytes(samples)
+        else:
+            batch = samples if isinstance(samples, list) else list(samples)
+            if self._persist is None:
+                return None, batch, None, source
+            # log exactly what will be applied: encode, then apply the decoded batch, so that
+            # a replay after a restart sees the very same samples
+            payload = pack_batch(batch, source, self.clock.now())
+        assert payload is not None
+        decoded = unpack_batch(payload)
+        report.rejected = len(decoded.errors)
+        report.errors.extend(decoded.errors)
+        return payload, decoded.samples, decoded.indices, decoded.source or source
 
     def _run_batch(self, now: float, clean: list[Sample], indices: list[int] | None,
                    report: IngestReport) -> list[tuple[list[Sample], bytes]]:
@@ -287,18 +284,23 @@ class Fleet:
 
     def _screen(self, batch: list[Any], report: IngestReport
                 ) -> tuple[list[Sample], list[int] | None]:
-        if all(type(s) is Sample for s in batch):
+        """Sample objects meet the wire format's rules too (see :func:`twin.wire.sample_error`),
+        so a fleet applies the same samples with a store or without one."""
+        if all(type(s) is Sample and type(s.asset_id) is str and type(s.signals) is dict and
+               (s.seq is None or type(s.seq) is int) for s in batch):
             return batch, None
         clean: list[Sample] = []
         indices: list[int] = []
         for i, s in enumerate(batch):
-            if type(s) is Sample:
+            error = (sample_error(i, s) if type(s) is Sample else
+                     SampleError(i, getattr(s, "asset_id", None), "sample", type(s).__name__,
+                                 "expected a twin.Sample"))
+            if error is None:
                 clean.append(s)
                 indices.append(i)
             else:
                 report.rejected += 1
-                report.errors.append(SampleError(i, getattr(s, "asset_id", None), "sample",
-                                                 type(s).__name__, "expected a twin.Sample"))
+                report.errors.append(error)
         return clean, indices
 
     def _route(self, batch: list[Sample], indices: list[int] | None, report: IngestReport
@@ -444,6 +446,7 @@ class Fleet:
                 writer = self._persist.store.writer
                 out.update(store_queue_depth=writer.depth, store_rows_written=writer.written_rows,
                            store_write_retries=writer.retries, store_writes=writer.writes,
+                           store_rows_failed=writer.failed_rows,
                            store_write_seconds=writer.write_seconds,
                            store_log_offset=self._persist.last_offset)
             out["liveness_timer_arms"] = sum(s["wheel_arms"] for s in shards)
@@ -477,6 +480,9 @@ class Fleet:
             if not isinstance(reply, CommandAccepted):
                 raise TwinError(f"asset {asset_id!r} failed while handling the command "
                                 f"({reply!r}); it is being restarted")
+            if self._persist is not None:
+                changed = {k: v for k, v in reply.desired.items() if k in payload}
+                self._persist.record_command(now, asset_id, changed)
             if self._command_sink is not None:
                 self._command_sink(asset_id, reply.desired)
             return CommandReceipt(asset_id, reply.desired, now)
@@ -660,6 +666,21 @@ class Fleet:
             self._take_snapshot(self.clock.now())
             return self._persist.last_offset
 
+    def _restore_command(self, command: tuple[int, str, int, str]) -> None:
+        assert self._persist is not None
+        command_id, asset_id, _, desired = command
+        if asset_id in self.model.assets:        # it may have been decommissioned since
+            self._shard_of(asset_id).call("restore_desired", asset_id, json.loads(desired))
+        self._persist.last_command = command_id
+
+    def _reapply(self, stored: StoredVersion) -> None:
+        self._apply_now(change_from_dict(json.loads(stored.change_json)), stored.effective,
+                        stored.recorded_at)
+        if self.model.version != stored.version:
+            raise TwinError(f"the store's model version {stored.version} does not follow the "
+                            f"model given (version {self.model.version - 1}): pass the model "
+                            "the fleet was first built from")
+
     def _maybe_snapshot(self, now: float) -> None:
         if self._persist is not None and self._persist.snapshot_due(now):
             self._take_snapshot(now)
@@ -677,21 +698,25 @@ class Fleet:
         store = self._persist.store
         self._replaying = True
         try:
-            for version, effective, recorded_at, raw in store.model_versions(self.model.version):
-                change = change_from_dict(json.loads(raw))
-                self._apply_now(change, effective, recorded_at)
-                if self.model.version != version:
-                    raise TwinError(f"the store's model version {version} does not follow "
-                                    f"the model given ({self.model.version - 1})")
+            versions = deque(store.model_versions(self.model.version))
             snapshot = store.latest_snapshot()
-            start = 0
+            start = last_command = 0
             if snapshot is not None:
-                rows = Persistence.snapshot_rows(snapshot)
+                # the model as the snapshot saw it, then the actors' states
+                while versions and versions[0].version <= snapshot.model_version:
+                    self._reapply(versions.popleft())
+                rows, last_command = Persistence.snapshot_rows(snapshot)
                 for shard in self._shards:
                     self._absorb(shard.call("restore", snapshot.taken_at, rows))
                 start = snapshot.log_offset
+            commands = deque(store.commands(last_command))
             self._persist.last_offset = start
             for entry in store.read_log(start):
+                # model changes, commands and batches in the order they happened
+                while versions and versions[0].log_offset < entry.offset:
+                    self._reapply(versions.popleft())
+                while commands and commands[0][2] < entry.offset:
+                    self._restore_command(commands.popleft())
                 self._tick(entry.received_at)
                 decoded = unpack_batch(entry.payload)
                 parts = self._run_batch(entry.received_at, decoded.samples, decoded.indices,
@@ -700,6 +725,10 @@ class Fleet:
                 self._unsaved = []
                 self._counters["replayed_batches"] += 1
                 self._counters["replayed_samples"] += decoded.size
+            while versions:
+                self._reapply(versions.popleft())
+            while commands:
+                self._restore_command(commands.popleft())
             self._unsaved = []
         finally:
             self._replaying = False

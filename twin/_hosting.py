@@ -49,7 +49,7 @@ class ShardsStarted:
 _CALLABLE = frozenset({
     "add_site", "add_assets", "ingest", "tick", "command", "inject_fault", "release",
     "asset_view", "decommission", "move_local", "export_asset", "import_asset", "collect",
-    "next_due", "metrics", "snapshot", "restore",
+    "next_due", "metrics", "snapshot", "restore", "restore_desired",
 })
 
 

@@ -66,6 +66,10 @@ class FleetCollector(Collector):
             yield CounterMetricFamily("twin_store_write_retries",
                                       "Store writes retried after a database error",
                                       value=m["store_write_retries"])
+            yield CounterMetricFamily("twin_store_rows_failed",
+                                      "Derived rows the database refused for good (the raw "
+                                      "log keeps their samples)",
+                                      value=m["store_rows_failed"])
             yield CounterMetricFamily("twin_store_write_seconds",
                                       "Time spent in store write transactions",
                                       value=m["store_write_seconds"])

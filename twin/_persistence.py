@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -25,19 +24,18 @@ class Persistence:
     def __init__(self, store: Store, snapshot_every_s: float, snapshot_every_batches: int
                  ) -> None:
         self.store = store
-        self._appender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-log")
         self.snapshot_every_s = snapshot_every_s
         self.snapshot_every_batches = snapshot_every_batches
         self.last_offset = 0               # newest log offset reflected in the fleet's state
+        self.last_command = 0              # newest command id reflected in the fleet's state
         self._last_snapshot_at: float | None = None
         self._batches_since_snapshot = 0
 
-    def append(self, received_at: float, source: str, payload: bytes, count: int
-               ) -> Future[int]:
-        """Start appending a batch to the log (raises :class:`StoreBusy` at once when the
-        writer is too far behind); the future gives its offset once it is durable."""
+    def append(self, received_at: float, source: str, payload: bytes, count: int) -> int:
+        """Append a batch to the log and commit; returns its offset. Raises
+        :class:`StoreBusy` first if the writer is too far behind."""
         self.store.writer.wait_for_room(self.store.busy_timeout_s)
-        return self._appender.submit(self.store.append, received_at, source, payload, count)
+        return self.store.append(received_at, source, payload, count)
 
     def derived(self, offset: int, received_at: float,
                 parts: Sequence[tuple[Sequence[Sample], bytes]],
@@ -62,27 +60,32 @@ class Persistence:
         # derived rows up to this offset must be written first: a restart replays only what
         # comes after the snapshot, and re-deriving older rows would classify them anew
         self.store.writer.flush()
-        state = msgpack.packb({"shards": shards}, use_bin_type=True)
+        state = msgpack.packb({"shards": shards, "last_command": self.last_command},
+                               use_bin_type=True)
         self.store.save_snapshot(Snapshot(self.last_offset, now, model_version, state))
         self._last_snapshot_at = now
         self._batches_since_snapshot = 0
 
     @staticmethod
-    def snapshot_rows(snapshot: Snapshot) -> dict[str, Any]:
-        """All actor rows of a snapshot, merged over its shards (placement may differ now)."""
+    def snapshot_rows(snapshot: Snapshot) -> tuple[dict[str, Any], int]:
+        """All actor rows of a snapshot, merged over its shards (placement may differ now),
+        and the id of the newest command it reflects."""
         raw = msgpack.unpackb(snapshot.state, raw=False, strict_map_key=False)
         merged: dict[str, Any] = {}
         for rows in raw["shards"]:
             merged.update(rows)
-        return merged
+        return merged, int(raw.get("last_command", 0))
+
+    def record_command(self, at: float, asset_id: str, desired: dict[str, Any]) -> None:
+        self.last_command = self.store.record_command(at, asset_id, self.last_offset,
+                                                      json.dumps(desired, sort_keys=True))
 
     def close(self) -> None:
-        self._appender.shutdown(wait=True)
         self.store.close()
 
     def record_change(self, version: int, effective: float, recorded_at: float,
                       change: dict[str, Any]) -> None:
-        self.store.record_model_version(version, effective, recorded_at,
+        self.store.record_model_version(version, effective, recorded_at, self.last_offset,
                                         json.dumps(change, sort_keys=True))
 
 
@@ -120,4 +123,5 @@ class _SampleRows:
                         others = _pack({k: v for k, v in signals.items() if k != "power_kw"})
                     if power is not None and type(power) is not float:
                         power = float(power) if type(power) is int else None
-                    yield (sample.ts, sample.asset_id, received_at, code, offset, power, others)
+                    yield (sample.ts, sample.asset_id, received_at, int(code == ANOMALOUS), code,
+                           offset, power, others)

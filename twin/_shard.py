@@ -209,6 +209,11 @@ class Shard:
         out.reply = reply
         return out
 
+    def restore_desired(self, asset_id: str, desired: Mapping[str, Any]) -> None:
+        """Put back what an accepted command set (a restart replays commands)."""
+        actor = self._actor(asset_id)
+        actor.desired = {**(actor.desired or {}), **desired}
+
     def inject_fault(self, now: float, asset_id: str, reason: str) -> ShardOutput:
         self._set_now(now)
         self.kernel.deliver(self._actor(asset_id), InjectedFault(reason))

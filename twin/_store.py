@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
 from twin import _store_schema as schema
 from twin._errors import TwinError
@@ -60,6 +60,17 @@ class Snapshot:
     taken_at: float
     model_version: int
     state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """A recorded model change; it was applied after the log up to ``log_offset``."""
+
+    version: int
+    effective: float
+    recorded_at: float
+    log_offset: int
+    change_json: str
 
 
 def engine_for(url: str) -> Engine:
@@ -167,6 +178,22 @@ class Store:
             return None
         return Snapshot(int(row.log_offset), row.taken_at, row.model_version, bytes(row.state))
 
+    def record_command(self, at: float, asset_id: str, log_offset: int, desired_json: str
+                       ) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(insert(schema.commands).values(
+                at=at, asset_id=asset_id, log_offset=log_offset, desired=desired_json)
+                .returning(schema.commands.c.id)).scalar_one())
+
+    def commands(self, after_id: int) -> list[tuple[int, str, int, str]]:
+        """(id, asset id, log offset, desired JSON) of the commands after ``after_id``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.commands.c.id, schema.commands.c.asset_id,
+                                       schema.commands.c.log_offset, schema.commands.c.desired)
+                                .where(schema.commands.c.id > after_id)
+                                .order_by(schema.commands.c.id)).all()
+        return [(int(r.id), r.asset_id, int(r.log_offset), r.desired) for r in rows]
+
     def cleaned_offset(self) -> int:
         with self.engine.connect() as conn:
             value = conn.execute(select(schema.progress.c.value).where(
@@ -174,18 +201,19 @@ class Store:
         return int(value or 0)
 
     def record_model_version(self, version: int, effective: float, recorded_at: float,
-                             change_json: str) -> None:
+                             log_offset: int, change_json: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(_insert_ignore(self.dialect, schema.model_versions).values(
                 version=version, effective=effective, recorded_at=recorded_at,
-                change=change_json))
+                log_offset=log_offset, change=change_json))
 
-    def model_versions(self, after: int) -> list[tuple[int, float, float, str]]:
+    def model_versions(self, after: int) -> list[StoredVersion]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(schema.model_versions).where(
                 schema.model_versions.c.version > after).order_by(
                 schema.model_versions.c.version)).all()
-        return [(int(r.version), r.effective, r.recorded_at, r.change) for r in rows]
+        return [StoredVersion(int(r.version), r.effective, r.recorded_at, int(r.log_offset),
+                              r.change) for r in rows]
 
     # -- reading derived rows (for tests and tools) -----------------------------------------
 
@@ -233,11 +261,13 @@ class Writer:
         self.writes = 0
         self.write_seconds = 0.0
         self.retries = 0
+        self.failed_rows = 0          # derived rows the database refused for good
         self.cleaned_offset = 0
         self._stopped = threading.Event()
         self._samples_sql = _insert_ignore_sql(self.dialect, "twin_samples",
-                                               ("ts", "asset_id", "received_at", "outcome",
-                                                "log_offset", "power_kw", "signals"))
+                                               ("ts", "asset_id", "received_at", "flagged",
+                                                "outcome", "log_offset", "power_kw",
+                                                "signals"))
         self._transitions_sql = _insert_ignore_sql(self.dialect, "twin_transitions",
                                                    ("log_offset", "at", "asset_id", "old",
                                                     "new", "reason"))
@@ -284,7 +314,12 @@ class Writer:
                     break
                 pending.append(more)
                 rows += more.count
-            self._write(pending)
+            try:
+                self._write(pending)
+            except Exception as error:    # a bug must not kill the writer and hang flush()
+                self.failed_rows += sum(item.count for item in pending)
+                log.error("store_write_failed", reason=repr(error)[:300],
+                          rows=sum(item.count for item in pending))
             for _ in pending:
                 self.queue.task_done()
             if closing:
@@ -309,6 +344,13 @@ class Writer:
                 self.written_rows += len(sample_rows) + len(transition_rows)
                 self.cleaned_offset = offset
                 return
+            except (DataError, IntegrityError, ProgrammingError) as error:
+                # these rows themselves are at fault, and retrying cannot help: write them
+                # one by one, keeping all the others (the raw log still holds every sample)
+                log.error("store_rows_refused", reason=str(error.orig)[:200],
+                          rows=len(sample_rows) + len(transition_rows))
+                self._write_one_by_one(sample_rows, transition_rows, offset)
+                return
             except DBAPIError as error:
                 # the database is away: wait and retry the same rows; nothing is dropped
                 attempt += 1
@@ -318,6 +360,23 @@ class Writer:
                 log.warning("store_write_retry", attempt=attempt, delay_s=round(delay, 3),
                             rows=len(sample_rows), reason=str(error.orig)[:200])
                 time.sleep(delay)
+
+    def _write_one_by_one(self, sample_rows: list[tuple[Any, ...]],
+                          transition_rows: list[tuple[Any, ...]], offset: int) -> None:
+        for sql, rows in ((self._samples_sql, sample_rows),
+                          (self._transitions_sql, transition_rows)):
+            for row in rows:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql(sql, row)
+                    self.written_rows += 1
+                except (DataError, IntegrityError, ProgrammingError) as error:
+                    self.failed_rows += 1
+                    log.error("store_row_refused", row=repr(row)[:200],
+                              reason=str(error.orig)[:200])
+        with self.engine.begin() as conn:
+            conn.execute(_upsert_progress(self.dialect, offset))
+        self.cleaned_offset = offset
 
     def flush(self) -> None:
         """Wait until everything queued so far is written."""

@@ -34,27 +34,29 @@ log = Table(
 )
 
 # Clean and flagged samples, one row each: accepted and late samples (history), and anomalous
-# ones (flagged by their outcome code, values kept raw). Keyed by device time then asset: a
-# replayed or repeated sample conflicts and changes nothing, and rows arrive in roughly key
-# order. ``power_kw`` has its own column (queries want it, and most reports carry nothing
-# else); any other signals are a msgpack map in ``signals``.
+# ones (flagged, values kept raw). Keyed by device time, asset and flag: a replayed or repeated
+# sample conflicts and changes nothing (a re-sent accepted sample counts as late, and is still
+# the same clean row), a clean sample is kept beside an anomalous one of the same time, and
+# rows arrive in roughly key order. ``power_kw`` has its own column (queries want it, and most
+# reports carry nothing else); any other signals are a msgpack map in ``signals``.
 samples = Table(
     "twin_samples", metadata,
     Column("ts", Double, nullable=False),
-    Column("asset_id", String(200), nullable=False),
+    Column("asset_id", Text, nullable=False),
     Column("received_at", Double, nullable=False),
+    Column("flagged", SmallInteger, nullable=False),  # 1: anomalous, kept raw; 0: clean
     Column("outcome", SmallInteger, nullable=False),
     Column("log_offset", BigInteger, nullable=False),
     Column("power_kw", Double),                      # the common signal, as a column
     Column("signals", LargeBinary),                  # msgpack map of the others, if any
-    PrimaryKeyConstraint("ts", "asset_id"),
+    PrimaryKeyConstraint("ts", "asset_id", "flagged"),
 )
 
 transitions = Table(
     "twin_transitions", metadata,
     Column("log_offset", BigInteger, nullable=False),
     Column("at", Double, nullable=False),
-    Column("asset_id", String(200), nullable=False),
+    Column("asset_id", Text, nullable=False),
     Column("old", String(20), nullable=False),
     Column("new", String(20), nullable=False),
     Column("reason", Text, nullable=False),
@@ -66,7 +68,18 @@ model_versions = Table(
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("effective", Double, nullable=False),
     Column("recorded_at", Double, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),   # applied after the log up to here
     Column("change", Text, nullable=False),          # JSON, as change_to_dict writes it
+)
+
+# Accepted commands (the desired view), so it survives a restart like the reported view does.
+commands = Table(
+    "twin_commands", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("at", Double, nullable=False),
+    Column("asset_id", Text, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),   # issued after the log up to here
+    Column("desired", Text, nullable=False),            # JSON of the fields the command set
 )
 
 snapshots = Table(

@@ -37,12 +37,39 @@ class Batch:
     size: int = 0                                        # samples in the batch, good or bad
 
 
-def pack_batch(samples: Iterable[Sample], source: str = "", sent_at: float | None = None
+def pack_batch(samples: Iterable[Any], source: str = "", sent_at: float | None = None
                ) -> bytes:
-    """Encode samples as one batch."""
-    rows = [[s.asset_id, s.ts, s.seq, s.signals] for s in samples]
-    packed: bytes = msgpack.packb([VERSION, source, sent_at, rows], use_bin_type=True)
+    """Encode samples as one batch.
+
+    Anything that is not a :class:`Sample`, or that msgpack cannot encode, keeps its place as
+    a short description string, which a reader rejects as a malformed sample: the batch keeps
+    its size and its indices, and one bad item never makes the whole batch fail.
+    """
+    rows: list[Any] = [[s.asset_id, s.ts, s.seq, s.signals] if type(s) is Sample
+                       else f"not a Sample: {_show(s)}" for s in samples]
+    try:
+        packed: bytes = msgpack.packb([VERSION, source, sent_at, rows], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        packed = msgpack.packb([VERSION, source, sent_at, [_encodable(r) for r in rows]],
+                               use_bin_type=True)
     return packed
+
+
+def _encodable(row: Any) -> Any:
+    try:
+        msgpack.packb(row, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as error:
+        return f"not encodable ({error}): {_show(row)}"
+    return row
+
+
+def sample_error(index: int, sample: Sample) -> SampleError | None:
+    """What the wire decoder would reject in ``sample`` (``None`` if nothing), so Sample
+    objects given in-process meet the same rules as decoded ones."""
+    if (type(sample.asset_id) is str and type(sample.signals) is dict and
+            (sample.seq is None or type(sample.seq) is int)):
+        return None
+    return _sample_error(index, [sample.asset_id, sample.ts, sample.seq, sample.signals])
 
 
 def unpack_batch(payload: bytes | bytearray | memoryview) -> Batch:
@@ -64,8 +91,9 @@ def unpack_batch(payload: bytes | bytearray | memoryview) -> Batch:
     if version != VERSION or type(version) is not int:
         raise IngestError(f"batch format version {version!r} is not supported (this runtime "
                           f"reads version {VERSION})")
-    if not isinstance(source, str):
-        raise IngestError(f"batch field 'source' must be a string, got {_show(source)}")
+    if not isinstance(source, str) or "\x00" in source:
+        raise IngestError(f"batch field 'source' must be a string without NUL characters, "
+                          f"got {_show(source)}")
     if sent_at is not None and (type(sent_at) not in (int, float) or sent_at - sent_at != 0):
         raise IngestError(f"batch field 'sent_at' must be unix seconds or nil, got "
                           f"{_show(sent_at)}")
@@ -97,6 +125,9 @@ def unpack_batch(payload: bytes | bytearray | memoryview) -> Batch:
 
 
 def _sample_error(index: int, row: Any) -> SampleError:
+    if type(row) is str and row.startswith(("not a Sample: ", "not encodable")):
+        return SampleError(index, None, "sample", row, "expected a twin.Sample the wire "
+                           "format can encode (an array [asset_id, ts, seq, signals])")
     if type(row) is not list or len(row) != 4:
         return SampleError(index, None, "sample", _show(row),
                            "expected an array [asset_id, ts, seq, signals]")
@@ -118,4 +149,4 @@ def _show(value: Any, limit: int = 60) -> Any:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["MAX_BATCH_BYTES", "VERSION", "Batch", "pack_batch", "unpack_batch"]
+__all__ = ["MAX_BATCH_BYTES", "VERSION", "Batch", "pack_batch", "sample_error", "unpack_batch"]
