@@ -307,7 +307,11 @@ class Shard:
     # -- output ---------------------------------------------------------------------------
 
     def collect(self, full: bool = False) -> ShardOutput:
-        """Summaries of every leaf changed since the last call (of every leaf if ``full``)."""
+        """Summaries of every leaf changed since the last call (of every leaf if ``full``).
+
+        Runs the kernel first: a call that resumed an actor (a move, a release) leaves no
+        message waiting in a running actor's mailbox."""
+        self.kernel.run()
         if full:
             leaves: list[LeafTally] = [t for t, _ in self.sites.values()]
             leaves.extend(self.partials.values())
