@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from actors._kernel import Actor, DeadlineWheel, Kernel
 from twin._errors import InvalidCommand
-from twin._kinds import AssetKind, Rejection
+from twin._kinds import INT_MAX, INT_MIN, AssetKind, Rejection
 from twin._samples import ACCEPTED, ANOMALOUS, DUPLICATE, FUTURE, LATE, OUTCOMES, STALE, Sample
 from twin._states import (
     CRASH_LOOP,
@@ -121,9 +121,10 @@ class AssetActor(Actor):
     def on_sample(self, sample: Sample) -> int | Rejection:
         host = self.host
         now = host.now
-        ts = sample.ts
+        ts: Any = sample.ts          # anything may arrive; checked just below
         kind_of_ts = type(ts)
-        if (kind_of_ts is not float and kind_of_ts is not int) or ts - ts != 0:
+        if ((kind_of_ts is not float and (kind_of_ts is not int or not INT_MIN <= ts <= INT_MAX))
+                or ts - ts != 0):
             return self._note(Rejection("ts", ts, "expected device time as finite unix seconds"))
         spec = self.spec
         kind = self.kind

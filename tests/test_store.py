@@ -438,7 +438,7 @@ def test_state_transitions_are_rows_in_twin_transitions(
     assert [row[1:] for row in transition_rows(db)] == [tuple(t) for t in fleet.transitions()]
 
 
-def test_an_accepted_sample_is_stored_even_after_an_anomalous_one_with_the_same_device_time(
+def test_an_accepted_sample_replaces_an_anomalous_one_with_the_same_device_time(
         open_fleet: OpenFleet, db: Engine, clock: VirtualClock) -> None:
     fleet = open_fleet()
     now = clock.now()
@@ -448,8 +448,10 @@ def test_an_accepted_sample_is_stored_even_after_an_anomalous_one_with_the_same_
     assert fleet.asset("b-01").reported == {"power_kw": 250.0}
     fleet.flush()
     assert [(ts, asset, outcome, signals) for ts, asset, outcome, _, _, signals
-            in sample_rows(db)] == [(now, "b-01", 0, {"power_kw": 250.0}),
-                                    (now, "b-01", 5, {"power_kw": 99_000.0})]
+            in sample_rows(db)] == [(now, "b-01", 0, {"power_kw": 250.0})]
+    fleet.ingest([Sample("b-01", now, {"power_kw": 99_000.0})])    # never the other way
+    fleet.flush()
+    assert [outcome for _, _, outcome, *_ in sample_rows(db)] == [0]
 
 
 # -- (c) idempotency ---------------------------------------------------------------------------

@@ -81,7 +81,8 @@ valid_samples = st.builds(
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
-@given(samples=st.lists(valid_samples, max_size=8), source=texts,
+@given(samples=st.lists(valid_samples, max_size=8),
+       source=st.text(st.characters(blacklist_characters="\x00"), max_size=12),
        sent_at=st.none() | st.floats(allow_nan=False, allow_infinity=False)
        | st.integers(-(2**53), 2**53))
 def test_any_valid_batch_round_trips_exactly_through_pack_and_unpack(
@@ -144,7 +145,7 @@ def case(make: Make, message: str, name: str) -> Any:
 NOT_MSGPACK = "batch is not valid msgpack"
 NOT_A_BATCH = r"batch must be an array \[version, source, sent_at, samples\], got"
 VERSION_REFUSED = r"batch format version .* is not supported \(this runtime reads version 1\)"
-BAD_SOURCE = "batch field 'source' must be a string, got"
+BAD_SOURCE = "batch field 'source' must be a string without NUL characters, got"
 BAD_SENT_AT = "batch field 'sent_at' must be unix seconds or nil, got"
 BAD_SAMPLES = "batch field 'samples' must be an array, got"
 
@@ -508,3 +509,9 @@ def test_a_string_or_mapping_is_refused_as_a_whole_batch(fleet: Fleet, payload: 
     with pytest.raises(IngestError, match="msgpack bytes or a list of Sample objects"):
         fleet.ingest(payload)
     assert fleet.metrics()["batches"] == 0
+
+
+def test_a_source_with_a_nul_character_is_refused_as_a_whole_batch(fleet: Fleet) -> None:
+    payload = msgpack.packb([1, "gw\x00x", None, []])
+    with pytest.raises(IngestError, match="without NUL characters"):
+        fleet.ingest(payload)

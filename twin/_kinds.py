@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 Scale = Literal["rated_kw", "capacity_kwh"] | None
 
+# integers the wire format (msgpack) carries; a value beyond is refused, as it would be on the
+# wire, so a fleet treats a sample alike with a store and without one
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class Signal:
@@ -107,7 +112,8 @@ class AssetKind:
             for name, value in signals.items():
                 signal = known.get(name)
                 if (signal is not None and signal.scale == "rated_kw" and
-                        (type(value) is float or type(value) is int)):
+                        (type(value) is float or
+                         (type(value) is int and INT_MIN <= value <= INT_MAX))):
                     rated = spec.rated_kw
                     return not signal.lo * rated <= value <= signal.hi * rated
         anomalous = False
@@ -122,8 +128,10 @@ class AssetKind:
                 if kind_of_value is not bool:
                     return Rejection(f"signals.{name}", value, "expected true or false")
                 continue
-            if kind_of_value is not float and kind_of_value is not int:
-                return Rejection(f"signals.{name}", value, "expected a number")
+            if kind_of_value is not float and (kind_of_value is not int or
+                                               not INT_MIN <= value <= INT_MAX):
+                return Rejection(f"signals.{name}", value, "expected a number (an integer "
+                                 "within 64 bits, or a float)")
             lo, hi = signal.limits(spec) if signal.scale else (signal.lo, signal.hi)
             if not lo <= value <= hi:  # NaN fails every comparison: anomalous too
                 anomalous = True

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from twin._errors import TwinError
+
 UNKNOWN: Final = 0
 ONLINE: Final = 1
 OFFLINE: Final = 2
@@ -36,7 +38,9 @@ TRANSITIONS: Final[dict[tuple[int, str], int]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(TwinError, RuntimeError):
+    """The state machine has no such transition (e.g. releasing an asset not quarantined)."""
+
     def __init__(self, state: int, event: str) -> None:
         super().__init__(f"no transition from {STATE_NAMES[state]!r} on {event!r}")
 

@@ -264,10 +264,16 @@ class Writer:
         self.failed_rows = 0          # derived rows the database refused for good
         self.cleaned_offset = 0
         self._stopped = threading.Event()
-        self._samples_sql = _insert_ignore_sql(self.dialect, "twin_samples",
-                                               ("ts", "asset_id", "received_at", "flagged",
-                                                "outcome", "log_offset", "power_kw",
-                                                "signals"))
+        self._samples_sql = _insert_ignore_sql(
+            self.dialect, "twin_samples",
+            ("ts", "asset_id", "received_at", "flagged", "outcome", "log_offset", "power_kw",
+             "signals"),
+            # a clean sample replaces a flagged one of the same time; nothing else changes
+            on_conflict=("(ts, asset_id) DO UPDATE SET flagged = excluded.flagged, "
+                         "outcome = excluded.outcome, received_at = excluded.received_at, "
+                         "log_offset = excluded.log_offset, power_kw = excluded.power_kw, "
+                         "signals = excluded.signals "
+                         "WHERE twin_samples.flagged = 1 AND excluded.flagged = 0"))
         self._transitions_sql = _insert_ignore_sql(self.dialect, "twin_transitions",
                                                    ("log_offset", "at", "asset_id", "old",
                                                     "new", "reason"))
@@ -397,13 +403,14 @@ def _insert_ignore(dialect: str, table: Any) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
-def _insert_ignore_sql(dialect: str, table: str, columns: Sequence[str]) -> str:
+def _insert_ignore_sql(dialect: str, table: str, columns: Sequence[str],
+                      on_conflict: str = "DO NOTHING") -> str:
     """Raw SQL for the bulk inserts: the driver's executemany on tuples is several times
     cheaper per row than Core's dict parameters, and these are the hot writes."""
     mark = "?" if dialect == "sqlite" else "%s"
     names = ", ".join(f'"{c}"' for c in columns)
     return (f"INSERT INTO {table} ({names}) VALUES ({', '.join(mark for _ in columns)}) "
-            "ON CONFLICT DO NOTHING")
+            f"ON CONFLICT {on_conflict}")
 
 
 def _upsert_progress(dialect: str, offset: int) -> Any:

@@ -33,12 +33,13 @@ log = Table(
     Column("payload", LargeBinary, nullable=False),
 )
 
-# Clean and flagged samples, one row each: accepted and late samples (history), and anomalous
-# ones (flagged, values kept raw). Keyed by device time, asset and flag: a replayed or repeated
-# sample conflicts and changes nothing (a re-sent accepted sample counts as late, and is still
-# the same clean row), a clean sample is kept beside an anomalous one of the same time, and
-# rows arrive in roughly key order. ``power_kw`` has its own column (queries want it, and most
-# reports carry nothing else); any other signals are a msgpack map in ``signals``.
+# Clean and flagged samples, one row per asset and device time: accepted and late samples
+# (history), and anomalous ones (flagged, values kept raw). A replayed or repeated sample
+# conflicts and changes nothing, except that a clean sample replaces a flagged one of the same
+# time (never the other way round); the raw log keeps every sample anyway. Keyed by device
+# time first, so rows arrive in roughly key order. ``power_kw`` has its own column (queries
+# want it, and most reports carry nothing else); other signals are a msgpack map in
+# ``signals``.
 samples = Table(
     "twin_samples", metadata,
     Column("ts", Double, nullable=False),
@@ -49,7 +50,7 @@ samples = Table(
     Column("log_offset", BigInteger, nullable=False),
     Column("power_kw", Double),                      # the common signal, as a column
     Column("signals", LargeBinary),                  # msgpack map of the others, if any
-    PrimaryKeyConstraint("ts", "asset_id", "flagged"),
+    PrimaryKeyConstraint("ts", "asset_id"),
 )
 
 transitions = Table(

@@ -56,11 +56,31 @@ def pack_batch(samples: Iterable[Any], source: str = "", sent_at: float | None =
 
 
 def _encodable(row: Any) -> Any:
+    """The row itself if msgpack can encode it; else with each value it cannot encode put as
+    its repr (the runtime then rejects that field as it would have rejected the value)."""
     try:
         msgpack.packb(row, use_bin_type=True)
+        return row
+    except (TypeError, ValueError, OverflowError):
+        pass
+    if type(row) is list and len(row) == 4:
+        asset_id, ts, seq, signals = row
+        if type(signals) is dict:
+            signals = {_leaf(k): _leaf(v) for k, v in signals.items()}
+        row = [_leaf(asset_id), _leaf(ts), _leaf(seq), _leaf(signals)]
+    try:
+        msgpack.packb(row, use_bin_type=True)
+        return row
     except (TypeError, ValueError, OverflowError) as error:
         return f"not encodable ({error}): {_show(row)}"
-    return row
+
+
+def _leaf(value: Any) -> Any:
+    try:
+        msgpack.packb(value, use_bin_type=True)
+        return value
+    except (TypeError, ValueError, OverflowError):
+        return repr(value)
 
 
 def sample_error(index: int, sample: Sample) -> SampleError | None:
