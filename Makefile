@@ -27,6 +27,7 @@ demo: $(STAMP) ## run a small embedded fleet and print its roll-up tree
 
 bench: $(STAMP) ## run the benchmarks and print their tables (BENCH_ARGS=--quick for a short run)
 	$(BIN)/python bench/bench_core.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_ingest.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check twin actors supervisors sim tests bench

@@ -1,0 +1,140 @@
+"""The fleet's durability: snapshots, and recovery after a restart (DESIGN decision 4).
+
+A mixin of :class:`twin.Fleet`, kept apart so the facade stays readable; it uses the fleet's
+lock, shards and persistence exactly as the facade does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from twin._changes import Change, ModelVersion, change_from_dict
+from twin._clock import Clock
+from twin._errors import TwinError
+from twin._model import FleetModel
+from twin._persistence import Persistence
+from twin._samples import IngestReport, Sample
+from twin._shard import Transition
+from twin._store import Store, StoredVersion
+from twin.wire import unpack_batch
+
+if TYPE_CHECKING:
+    from twin._hosting import ShardClient
+
+log = structlog.get_logger("twin.fleet")
+
+
+class Recovery:
+    """Snapshots and restore, for :class:`twin.Fleet`."""
+
+    # provided by Fleet
+    model: FleetModel
+    clock: Clock
+    _lock: threading.RLock
+    _persist: Persistence | None
+    _shards: list[ShardClient]
+    _counters: dict[str, int]
+    _unsaved: list[Transition]
+    _replaying: bool
+    _check_open: Callable[[], None]
+    _absorb: Callable[..., None]
+    _tick: Callable[[float], None]
+    _shard_of: Callable[[str], ShardClient]
+    _apply_now: Callable[[Change, float, float], ModelVersion]
+    _run_batch: Callable[[float, list[Sample], list[int] | None, IngestReport],
+                         list[tuple[list[Sample], bytes]]]
+
+    @property
+    def store(self) -> Store | None:
+        return None if self._persist is None else self._persist.store
+
+    def flush(self) -> None:
+        """Wait until every derived row queued so far is in the store."""
+        if self._persist is not None:
+            self._persist.store.writer.flush()
+
+    def snapshot(self) -> int:
+        """Snapshot every actor's state now; returns the log offset it reflects."""
+        with self._lock:
+            self._check_open()
+            if self._persist is None:
+                raise TwinError("snapshot() needs a store: Fleet(model, store=url)")
+            self._take_snapshot(self.clock.now())
+            return self._persist.last_offset
+
+    def _restore_command(self, command: tuple[int, str, int, str]) -> None:
+        assert self._persist is not None
+        command_id, asset_id, _, desired = command
+        if asset_id in self.model.assets:        # it may have been decommissioned since
+            self._shard_of(asset_id).call("restore_desired", asset_id, json.loads(desired))
+        self._persist.last_command = command_id
+
+    def _reapply(self, stored: StoredVersion) -> None:
+        self._apply_now(change_from_dict(json.loads(stored.change_json)), stored.effective,
+                        stored.recorded_at)
+        if self.model.version != stored.version:
+            raise TwinError(f"the store's model version {stored.version} does not follow the "
+                            f"model given (version {self.model.version - 1}): pass the model "
+                            "the fleet was first built from")
+
+    def _maybe_snapshot(self, now: float) -> None:
+        if self._persist is not None and self._persist.snapshot_due(now):
+            self._take_snapshot(now)
+
+    def _take_snapshot(self, now: float) -> None:
+        assert self._persist is not None
+        rows = [shard.call("snapshot") for shard in self._shards]
+        self._persist.save_snapshot(now, self.model.version, rows)
+        self._counters["snapshots"] += 1
+
+    def _restore(self) -> None:
+        """After a restart: re-apply recorded model changes, load the newest snapshot, replay
+        the log after it, then let time catch up to now."""
+        assert self._persist is not None
+        store = self._persist.store
+        self._replaying = True
+        try:
+            versions = deque(store.model_versions(self.model.version))
+            snapshot = store.latest_snapshot()
+            start = last_command = 0
+            if snapshot is not None:
+                # the model as the snapshot saw it, then the actors' states
+                while versions and versions[0].version <= snapshot.model_version:
+                    self._reapply(versions.popleft())
+                rows, last_command = Persistence.snapshot_rows(snapshot)
+                for shard in self._shards:
+                    self._absorb(shard.call("restore", snapshot.taken_at, rows))
+                start = snapshot.log_offset
+            commands = deque(store.commands(last_command))
+            self._persist.last_offset = start
+            for entry in store.read_log(start):
+                # model changes, commands and batches in the order they happened
+                while versions and versions[0].log_offset < entry.offset:
+                    self._reapply(versions.popleft())
+                while commands and commands[0][2] < entry.offset:
+                    self._restore_command(commands.popleft())
+                self._tick(entry.received_at)
+                decoded = unpack_batch(entry.payload)
+                parts = self._run_batch(entry.received_at, decoded.samples, decoded.indices,
+                                        IngestReport())
+                self._persist.derived(entry.offset, entry.received_at, parts, self._unsaved)
+                self._unsaved = []
+                self._counters["replayed_batches"] += 1
+                self._counters["replayed_samples"] += decoded.size
+            while versions:
+                self._reapply(versions.popleft())
+            while commands:
+                self._restore_command(commands.popleft())
+            self._unsaved = []
+        finally:
+            self._replaying = False
+        self._tick(self.clock.now())
+        log.info("restored", snapshot_offset=start, log_offset=self._persist.last_offset,
+                 replayed_batches=self._counters["replayed_batches"])
+
