@@ -46,7 +46,8 @@ class Persistence:
         self.store.writer.put(offset, rows, rows.count(), [
             (offset, t.at, t.asset_id, t.old, t.new, t.reason) for t in transitions])
         self.last_offset = max(self.last_offset, offset)
-        self._batches_since_snapshot += 1
+        if parts:                         # a batch (timer-driven transitions come without)
+            self._batches_since_snapshot += 1
 
     def snapshot_due(self, now: float) -> bool:
         if self._last_snapshot_at is None:
