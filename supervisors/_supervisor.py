@@ -173,9 +173,6 @@ class Supervisor:
         for child in list(self.children):
             child.quarantine(now, reason)
 
-    def restart_count(self, child: Any) -> int:
-        return len(self._history.get(id(child), ()))
-
     def __repr__(self) -> str:
         return (f"<Supervisor {self._name} {self.policy.strategy.value} "
                 f"children={len(self.children)}>")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -331,9 +331,6 @@ class FleetModel:
             return list(regions[parts[1]])
         return [s for sites in regions.values() for s in sites]
 
-    def iter_sites(self) -> Iterator[SiteNode]:
-        return iter(self.sites.values())
-
     def node_paths(self) -> list[str]:
         """Every hierarchy path, parents before children."""
         out: list[str] = []
@@ -362,10 +359,6 @@ class FleetModel:
                 if not any(_is_under(self.sites[self.assets[a].site].path, q) or
                            self.sites[self.assets[a].site].path == q for q in paths)}
         return frozenset(paths), frozenset(kept)
-
-    def ancestors_of_site(self, site_id: str) -> tuple[str, str]:
-        site = self.sites[site_id]
-        return site.owner, site.region_path
 
     # -- versions -------------------------------------------------------------------------
 
@@ -399,9 +392,6 @@ class FleetModel:
         past.version = past.history[-1].version if past.history else 0
         past.effective_from = past.history[-1].effective if past.history else -math.inf
         return past
-
-    def with_asset(self, spec: AssetSpec, **changes: Any) -> AssetSpec:
-        return replace(spec, **changes)
 
     def summary(self) -> str:
         return (f"{len(self.owners)} owners, {sum(len(r) for r in self.owners.values())} "

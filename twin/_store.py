@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, create_engine, event, func, insert, select, text
+from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
@@ -156,13 +156,6 @@ class Store:
                                    bytes(row.payload))
                 last = int(rows[-1].offset)
 
-    def last_offset(self) -> int:
-        with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(schema.log.c.offset))).scalar()
-        return int(value or 0)
-
-    # -- snapshots, progress and model versions -------------------------------------------
-
     def save_snapshot(self, snapshot: Snapshot) -> None:
         with self.engine.begin() as conn:
             conn.execute(insert(schema.snapshots).values(
@@ -222,12 +215,6 @@ class Store:
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
-
-    def sample_rows(self) -> list[tuple[float, str, int]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(schema.samples.c.ts, schema.samples.c.asset_id,
-                                       schema.samples.c.outcome)).all()
-        return [(r.ts, r.asset_id, int(r.outcome)) for r in rows]
 
     def close(self) -> None:
         """Write everything still queued, then close."""
