@@ -33,6 +33,7 @@ from twin import (
     FleetModel,
     IngestReport,
     MoveAsset,
+    PendingChange,
     Sample,
     Store,
     StoreBusy,
@@ -708,3 +709,21 @@ def test_ingest_still_logs_after_every_connection_of_the_store_was_terminated(
     assert [(asset, outcome, signals) for _, asset, outcome, _, _, signals
             in sample_rows(db)] == [("t-01", 0, {"power_kw": 100.0}),
                                     ("t-01", 0, {"power_kw": 200.0})]
+
+
+def test_a_change_scheduled_for_later_survives_a_restart_and_is_applied_once(
+        open_fleet: OpenFleet, db: Engine, clock: VirtualClock) -> None:
+    fleet = open_fleet()
+    fleet.apply(MoveAsset("t-01", "gamma"), effective=clock.now() + 60)
+    fleet.close()
+    reopened = open_fleet()
+    assert reopened.pending_changes() == [PendingChange(clock.now() + 60,
+                                                        MoveAsset("t-01", "gamma"))]
+    reopened.advance(61)
+    assert reopened.asset("t-01").site == "acme/north/gamma"
+    assert reopened.pending_changes() == []
+    reopened.close()
+    again = open_fleet()
+    assert again.pending_changes() == []
+    assert again.asset("t-01").site == "acme/north/gamma"
+    assert [version for version, *_ in model_version_rows(db)] == [1]

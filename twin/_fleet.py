@@ -118,7 +118,8 @@ class Fleet(Recovery):
         self._command_sink = command_sink
         self._resend_every_s = resend_every_s
         self._last_resend = self.clock.now()
-        self._pending: list[tuple[float, int, Change]] = []
+        # scheduled changes: (effective, order, change, id in the store's schedule or None)
+        self._pending: list[tuple[float, int, Change, int | None]] = []
         self._pending_seq = 0
         self._subs: dict[str, list[Subscription]] = {}
         self._recent: deque[Transition] = deque(maxlen=transitions_kept)
@@ -518,36 +519,45 @@ class Fleet(Recovery):
             now = self.clock.now()
             when = now if effective is None else float(effective)
             if when > now:
-                bisect.insort(self._pending, (when, self._pending_seq, change),
-                              key=lambda item: (item[0], item[1]))
-                self._pending_seq += 1
+                scheduled_id = (self._persist.schedule(when, change_to_dict(change))
+                                if self._persist is not None else None)
+                self._schedule(when, change, scheduled_id)
                 return PendingChange(when, change)
             version = self._apply_now(change, when, now)
             self._notify()
             return version
 
+    def _schedule(self, when: float, change: Change, scheduled_id: int | None) -> None:
+        bisect.insort(self._pending, (when, self._pending_seq, change, scheduled_id),
+                      key=lambda item: (item[0], item[1]))
+        self._pending_seq += 1
+
     def pending_changes(self) -> list[PendingChange]:
         with self._lock:
-            return [PendingChange(when, change) for when, _, change in self._pending]
+            return [PendingChange(when, change) for when, _, change, _ in self._pending]
 
     def _fire_scheduled(self, now: float) -> None:
         while self._pending and self._pending[0][0] <= now:
-            when, _, change = self._pending.pop(0)
+            when, _, change, scheduled_id = self._pending.pop(0)
             try:
-                self._apply_now(change, when, now)
+                self._apply_now(change, when, now, scheduled_id)
             except (TwinError, ValueError) as error:
+                if self._persist is not None and scheduled_id is not None:
+                    self._persist.store.finish_scheduled(scheduled_id)
                 self._counters["scheduled_change_failures"] += 1
                 log.error("scheduled_change_failed", change=repr(change), effective=when,
                           reason=str(error))
 
-    def _apply_now(self, change: Change, effective: float, now: float) -> ModelVersion:
+    def _apply_now(self, change: Change, effective: float, now: float,
+                   scheduled_id: int | None = None) -> ModelVersion:
         model = self.model
         before = (model.assets.get(change.asset)
                   if isinstance(change, DecommissionAsset | MoveAsset) else None)
         version = apply_change(model, change, effective, now)
         self._counters["model_changes"] += 1
         if self._persist is not None and not self._replaying:
-            self._persist.record_change(version.version, effective, now, change_to_dict(change))
+            self._persist.record_change(version.version, effective, now, change_to_dict(change),
+                                        scheduled_id)
         if isinstance(change, AddSite):
             index = min(range(len(self._shards)),
                         key=lambda i: (sum(1 for s in self._site_shard.values() if s == i), i))

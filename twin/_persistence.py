@@ -85,9 +85,12 @@ class Persistence:
         self.store.close()
 
     def record_change(self, version: int, effective: float, recorded_at: float,
-                      change: dict[str, Any]) -> None:
+                      change: dict[str, Any], scheduled_id: int | None = None) -> None:
         self.store.record_model_version(version, effective, recorded_at, self.last_offset,
-                                        json.dumps(change, sort_keys=True))
+                                        json.dumps(change, sort_keys=True), scheduled_id)
+
+    def schedule(self, effective: float, change: dict[str, Any]) -> int:
+        return self.store.schedule_change(effective, json.dumps(change, sort_keys=True))
 
 
 def _pack(values: dict[str, Any]) -> bytes | None:

@@ -47,6 +47,7 @@ class Recovery:
     _tick: Callable[[float], None]
     _shard_of: Callable[[str], ShardClient]
     _apply_now: Callable[[Change, float, float], ModelVersion]
+    _schedule: Callable[[float, Change, int | None], None]
     _run_batch: Callable[[float, list[Sample], list[int] | None, IngestReport],
                          list[tuple[list[Sample], bytes]]]
 
@@ -131,6 +132,8 @@ class Recovery:
                 self._reapply(versions.popleft())
             while commands:
                 self._restore_command(commands.popleft())
+            for scheduled_id, effective, raw in store.scheduled_changes():
+                self._schedule(effective, change_from_dict(json.loads(raw)), scheduled_id)
             self._unsaved = []
         finally:
             self._replaying = False

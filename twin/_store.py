@@ -196,11 +196,37 @@ class Store:
         return int(value or 0)
 
     def record_model_version(self, version: int, effective: float, recorded_at: float,
-                             log_offset: int, change_json: str) -> None:
+                             log_offset: int, change_json: str,
+                             scheduled_id: int | None = None) -> None:
+        """Record an applied change; if it was scheduled, mark that done in the same
+        transaction, so a restart neither loses nor repeats it."""
         with self.engine.begin() as conn:
             conn.execute(_insert_ignore(self.dialect, schema.model_versions).values(
                 version=version, effective=effective, recorded_at=recorded_at,
                 log_offset=log_offset, change=change_json))
+            if scheduled_id is not None:
+                conn.execute(schema.scheduled.update().where(
+                    schema.scheduled.c.id == scheduled_id).values(done=1))
+
+    def schedule_change(self, effective: float, change_json: str) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(insert(schema.scheduled).values(
+                effective=effective, change=change_json, done=0)
+                .returning(schema.scheduled.c.id)).scalar_one())
+
+    def finish_scheduled(self, scheduled_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(schema.scheduled.update().where(
+                schema.scheduled.c.id == scheduled_id).values(done=1))
+
+    def scheduled_changes(self) -> list[tuple[int, float, str]]:
+        """(id, effective, change JSON) of the scheduled changes not yet applied."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.scheduled.c.id, schema.scheduled.c.effective,
+                                       schema.scheduled.c.change)
+                                .where(schema.scheduled.c.done == 0)
+                                .order_by(schema.scheduled.c.id)).all()
+        return [(int(r.id), r.effective, r.change) for r in rows]
 
     def model_versions(self, after: int) -> list[StoredVersion]:
         with self.engine.connect() as conn:

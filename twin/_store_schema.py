@@ -73,6 +73,15 @@ model_versions = Table(
     Column("change", Text, nullable=False),          # JSON, as change_to_dict writes it
 )
 
+# Model changes scheduled for a future effective time; ``done`` once applied (or refused).
+scheduled = Table(
+    "twin_scheduled", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("effective", Double, nullable=False),
+    Column("change", Text, nullable=False),
+    Column("done", SmallInteger, nullable=False, default=0),
+)
+
 # Accepted commands (the desired view), so it survives a restart like the reported view does.
 commands = Table(
     "twin_commands", metadata,
