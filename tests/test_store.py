@@ -727,3 +727,19 @@ def test_a_change_scheduled_for_later_survives_a_restart_and_is_applied_once(
     assert again.pending_changes() == []
     assert again.asset("t-01").site == "acme/north/gamma"
     assert [version for version, *_ in model_version_rows(db)] == [1]
+
+
+def test_a_log_held_by_a_lock_elsewhere_refuses_the_batch_instead_of_hanging(
+        open_store: OpenStore, open_fleet: OpenFleet, db: Engine, store_url: str,
+        clock: VirtualClock) -> None:
+    if backend_of(store_url) != "postgresql":
+        pytest.skip("SQLite's own busy timeout bounds the wait; this is PostgreSQL's case")
+    fleet = open_fleet(open_store(busy_timeout_s=0.3))
+    power(fleet, clock, t_01=100.0)
+    with db.connect() as locker:
+        locker.execute(text("LOCK TABLE twin_log IN ACCESS EXCLUSIVE MODE"))
+        with pytest.raises(StoreUnavailable, match="could not append to the log"):
+            fleet.ingest([Sample("t-01", clock.now() + 1, {"power_kw": 200.0})])
+        locker.rollback()
+    assert fleet.asset("t-01").reported == {"power_kw": 100.0}     # nothing applied
+    assert fleet.ingest([Sample("t-01", clock.now() + 1, {"power_kw": 200.0})]).accepted == 1

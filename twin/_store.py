@@ -111,6 +111,10 @@ class Store:
         # the hot append as plain SQL: Core's statement handling costs more than the insert
         self._append_sql = (f'INSERT INTO twin_log (received_at, source, samples, payload) '
                             f'VALUES ({mark}, {mark}, {mark}, {mark}) RETURNING "offset"')
+        # SQLite waits at most its busy timeout; PostgreSQL needs a statement timeout
+        self._append_timeout_sql = (
+            f"SET LOCAL statement_timeout = {max(1, int(busy_timeout_s * 1000))}"
+            if self.dialect == "postgresql" else "")
         self._log_lock = threading.Lock()
         self.writer = Writer(self.engine, queue_batches=queue_batches, flush_rows=flush_rows,
                              flush_interval_s=flush_interval_s, retry_base_s=retry_base_s,
@@ -125,6 +129,9 @@ class Store:
         with self._log_lock:
             while True:
                 try:
+                    if self._append_timeout_sql:
+                        # a lock held elsewhere must not hang ingest (and the fleet's lock)
+                        self._log_conn.exec_driver_sql(self._append_timeout_sql)
                     offset = self._log_conn.exec_driver_sql(
                         self._append_sql, (received_at, source, count, payload)).scalar_one()
                     self._log_conn.commit()
