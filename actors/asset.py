@@ -258,47 +258,25 @@ class AssetActor(Actor):
 
     # -- state transfer (moves between shards, snapshots) ---------------------------------------
 
-    def export_state(self) -> dict[str, Any]:
-        """Everything needed to continue elsewhere, waiting messages included."""
-        return {"mailbox": list(self._mailbox or ()), "state": self.state,
-                "reported": self.reported, "desired": self.desired,
-                "last_ts": self.last_ts, "last_seen": self.last_seen,
-                "power_w": self.power_w, "n_accepted": self.n_accepted,
-                "quality": self.quality, "restarts": self.restarts}
-
     def export_row(self) -> list[Any]:
-        """The state as plain data (for msgpack snapshots); waiting samples as arrays."""
+        """Everything needed to continue elsewhere (another shard, or after a restart), as
+        plain data for msgpack; waiting samples as wire arrays [asset_id, ts, seq, signals]."""
         mailbox = [[m.asset_id, m.ts, m.seq, m.signals] for m in (self._mailbox or ())
                    if type(m) is Sample]
         return [self.state, self.reported, self.desired, self.last_ts, self.last_seen,
                 self.power_w, self.n_accepted, self.quality, self.restarts, mailbox]
 
     def import_row(self, row: Sequence[Any]) -> None:
-        (state, reported, desired, last_ts, last_seen, power_w, n_accepted, quality, restarts,
-         mailbox) = row
-        self.import_state({"state": state, "reported": reported, "desired": desired,
-                           "last_ts": last_ts, "last_seen": last_seen, "power_w": power_w,
-                           "n_accepted": n_accepted, "quality": quality, "restarts": restarts,
-                           "mailbox": [Sample(*m) for m in mailbox]})
-
-    def import_state(self, saved: Mapping[str, Any]) -> None:
-        """Take over exported state (the actor must not be in any tally yet)."""
-        self.state = saved["state"]
-        self.reported = saved["reported"]
-        self.desired = saved["desired"]
-        self.last_ts = saved["last_ts"]
-        self.last_seen = saved["last_seen"]
-        self.power_w = saved["power_w"]
-        self.n_accepted = saved["n_accepted"]
-        self.quality = saved["quality"]
-        self.restarts = saved["restarts"]
+        """Take over an exported row (the actor must not be in any tally yet)."""
+        (self.state, self.reported, self.desired, self.last_ts, self.last_seen, self.power_w,
+         self.n_accepted, self.quality, self.restarts, mailbox) = row
         if self.state == ONLINE and self.last_seen is not None:
             self.deadline = self.last_seen + self.spec.offline_after_s
             self.host.wheel.arm(self)
         elif self.state == QUARANTINED:
             self.host.kernel.stop(self)
-        for message in saved.get("mailbox", ()):
-            self.host.kernel.tell(self, message)
+        for asset_id, ts, seq, signals in mailbox:
+            self.host.kernel.tell(self, Sample(asset_id, ts, signals, seq))
 
 
 def capacity_w(spec: AssetSpec) -> int:

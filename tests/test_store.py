@@ -38,6 +38,7 @@ from twin import (
     Store,
     StoreBusy,
     StoreUnavailable,
+    SupervisionPolicy,
     VirtualClock,
     change_from_dict,
 )
@@ -743,3 +744,20 @@ def test_a_log_held_by_a_lock_elsewhere_refuses_the_batch_instead_of_hanging(
         locker.rollback()
     assert fleet.asset("t-01").reported == {"power_kw": 100.0}     # nothing applied
     assert fleet.ingest([Sample("t-01", clock.now() + 1, {"power_kw": 200.0})]).accepted == 1
+
+
+def test_a_sample_waiting_out_a_restart_survives_a_snapshot_and_a_restart(
+        store_url: str, example_dict: dict[str, Any], clock: VirtualClock) -> None:
+    policy = SupervisionPolicy(backoff_base_s=5.0, jitter=0.0, first_restart_immediate=False)
+    with Fleet(FleetModel.from_dict(example_dict), clock=clock, store=store_url,
+               supervision=policy) as fleet:
+        power(fleet, clock, t_01=100.0)
+        fleet.inject_fault("t-01")
+        waiting = fleet.ingest([Sample("t-01", clock.now() + 1, {"power_kw": 250.0}, seq=9)])
+        assert waiting.deferred == 1
+        fleet.snapshot()
+    with Fleet(FleetModel.from_dict(example_dict), clock=clock, store=store_url,
+               supervision=policy) as reopened:
+        reopened.advance(1)
+        assert reopened.asset("t-01").reported == {"power_kw": 250.0}
+        assert reopened.asset("t-01").last_sample_ts == clock.now()

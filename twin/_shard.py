@@ -87,7 +87,6 @@ class Shard:
         self.partials: dict[str, LeafTally] = {}
         self._dirty: list[LeafTally] = []
         self._transitions: list[Transition] = []
-        self.transition_counts = [0] * len(STATE_NAMES)
 
     def _clock(self) -> float:
         return self.now
@@ -100,7 +99,6 @@ class Shard:
     # -- the AssetHost protocol -----------------------------------------------------------
 
     def transition(self, asset: AssetActor, old: int, new: int, reason: str) -> None:
-        self.transition_counts[new] += 1
         self._transitions.append(
             Transition(self.now, asset.spec.id, STATE_NAMES[old], STATE_NAMES[new], reason))
 
@@ -259,7 +257,7 @@ class Shard:
         """Remove an asset that moves to another shard; the reply is its state."""
         self._set_now(now)
         actor = self._actor(asset_id)
-        saved = actor.export_state()
+        saved = actor.export_row()
         actor.leave_tallies()
         self.wheel.disarm(actor)
         self.kernel.stop(actor)
@@ -269,12 +267,12 @@ class Shard:
         out.reply = saved
         return out
 
-    def import_asset(self, now: float, spec: AssetSpec, saved: Mapping[str, Any],
+    def import_asset(self, now: float, spec: AssetSpec, saved: Sequence[Any],
                      direct_groups: Sequence[str]) -> ShardOutput:
         self._set_now(now)
         tally, supervisor = self.sites[spec.site]
         actor = AssetActor(spec, self.kinds.get(spec.kind), self, ())
-        actor.import_state(saved)          # not in any tally yet: joins with its real state
+        actor.import_row(saved)            # not in any tally yet: joins with its real state
         supervisor.adopt(actor)
         actor.join_tallies((tally, *self._partials(direct_groups)))
         self.actors[spec.id] = actor
@@ -331,7 +329,6 @@ class Shard:
         return {"assets": len(self.actors), "sites": len(self.sites),
                 "failures": self.stats.failures, "restarts": self.stats.restarts,
                 "quarantines": self.stats.quarantines, "escalations": self.stats.escalations,
-                "transitions": dict(zip(STATE_NAMES, self.transition_counts, strict=True)),
                 "wheel_buckets": self.wheel.buckets, "wheel_arms": self.wheel.arms,
                 "wheel_fired": self.wheel.fired}
 

@@ -12,8 +12,8 @@ Writes take two paths:
   acknowledged.
 
 Each derived batch is committed with the log offset it covers (``twin_progress.cleaned``); a
-restart replays the log from the older of that offset and the newest snapshot's. Replays are
-idempotent (conflicting rows are ignored), so replaying a little too much is harmless.
+snapshot is taken only once the writer has caught up, so a restart replays the log from the
+newest snapshot's offset. Replays are idempotent (conflicting rows are ignored).
 """
 
 from __future__ import annotations
@@ -284,7 +284,6 @@ class Writer:
         self.write_seconds = 0.0
         self.retries = 0
         self.failed_rows = 0          # derived rows the database refused for good
-        self.cleaned_offset = 0
         self._stopped = threading.Event()
         self._samples_sql = _insert_ignore_sql(
             self.dialect, "twin_samples",
@@ -370,7 +369,6 @@ class Writer:
                 self.writes += 1
                 self.write_seconds += time.perf_counter() - started
                 self.written_rows += len(sample_rows) + len(transition_rows)
-                self.cleaned_offset = offset
                 return
             except (DataError, IntegrityError, ProgrammingError) as error:
                 # these rows themselves are at fault, and retrying cannot help: write them
@@ -404,7 +402,6 @@ class Writer:
                               reason=str(error.orig)[:200])
         with self.engine.begin() as conn:
             conn.execute(_upsert_progress(self.dialect, offset))
-        self.cleaned_offset = offset
 
     def flush(self) -> None:
         """Wait until everything queued so far is written."""
