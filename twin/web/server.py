@@ -1,0 +1,404 @@
+"""The live view's aiohttp application: page, websocket, REST, metrics, probes.
+
+``create_app(fleet)`` builds the application (tests drive it with aiohttp's test client);
+:class:`LiveServer` runs it on a thread of its own, with its own event loop, beside a running
+fleet (``twin serve``, ``twin sim --serve``, the browser test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from twin._errors import FleetClosed, IngestError, UnknownAsset, UnknownPath
+from twin._fleet import Fleet
+from twin._store import StoreBusy, StoreUnavailable
+from twin.web.auth import (
+    WS_PROTOCOL,
+    FailureLimiter,
+    bearer_from,
+    check_token,
+    token_matches,
+)
+from twin.web.history import History
+from twin.web.live import LiveHub, jsonable
+from twin.wire import MAX_BATCH_BYTES
+
+STATIC_DIR = Path(str(resources.files("twin.web") / "static"))
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico"})
+INGEST_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack",
+                          "application/octet-stream"})
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+
+
+@dataclass
+class WebState:
+    """What the handlers of one application share."""
+
+    fleet: Fleet
+    hub: LiveHub
+    token: str | None
+    limiter: FailureLimiter
+    executor: ThreadPoolExecutor
+    sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "auth_failures": 0, "auth_rate_limited": 0, "ws_connections": 0,
+        "ws_updates_sent": 0, "ws_updates_superseded": 0, "ws_bytes_sent": 0})
+
+
+STATE = web.AppKey("twin_web_state", WebState)
+
+
+def create_app(fleet: Fleet, *, token: str | None = None, host: str = "127.0.0.1",
+               rate_hz: float = 4.0, history: History | None = None,
+               limiter: FailureLimiter | None = None, tick_s: float = 1.0) -> web.Application:
+    """The live view for ``fleet``. ``host`` is where it will be bound: anything but
+    loopback requires ``token`` (see :mod:`twin.web.auth`)."""
+    token = check_token(token, host)
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="twin-web")
+    hub = LiveHub(fleet, executor, history=history, rate_hz=rate_hz, tick_s=tick_s)
+    state = WebState(fleet, hub, token, limiter if limiter is not None else FailureLimiter(),
+                     executor)
+    app = web.Application(middlewares=[_auth_middleware], client_max_size=MAX_BATCH_BYTES)
+    app[STATE] = state
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app.router.add_get("/ws", _websocket)
+    app.router.add_get("/api/rollups", _rollups)
+    app.router.add_get("/api/rollups/{path:.+}", _rollup)
+    app.router.add_get("/api/assets/{asset_id}", _asset)
+    app.router.add_post("/api/ingest", _ingest)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.on_startup.append(_start_hub)
+    app.on_shutdown.append(_close_sockets)
+    app.on_cleanup.append(_stop_hub)
+    return app
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+async def _start_hub(app: web.Application) -> None:
+    await app[STATE].hub.start()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for ws in list(app[STATE].sockets):
+        await ws.close(code=1001, message=b"server shutting down")
+
+
+async def _stop_hub(app: web.Application) -> None:
+    state = app[STATE]
+    await state.hub.stop()
+    state.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# -- auth ---------------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    if (state.token is None or request.path in PUBLIC_PATHS
+            or request.path.startswith("/static/")):
+        return await handler(request)
+    address = request.remote or "unknown"
+    wait = state.limiter.retry_after(address)
+    if wait:
+        state.counters["auth_rate_limited"] += 1
+        return _error(429, f"too many failed authentication attempts from {address}; "
+                           f"retry in {wait} s", headers={"Retry-After": str(wait)})
+    presented = bearer_from(request.headers.get("Authorization"),
+                            request.headers.get("Sec-WebSocket-Protocol"))
+    if presented is None or not token_matches(presented, state.token):
+        state.limiter.failed(address)
+        state.counters["auth_failures"] += 1
+        reason = ("missing bearer token: send the header 'Authorization: Bearer <token>' "
+                  "(websockets: the subprotocol 'twin.bearer.<token>')" if presented is None
+                  else "invalid bearer token")
+        return _error(401, reason, headers={"WWW-Authenticate": 'Bearer realm="twin"'})
+    return await handler(request)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+# -- page and probes ----------------------------------------------------------------------
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html",
+                            headers={"Cache-Control": "no-cache"})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """Alive: this handler ran on the server's loop. Nothing else is checked."""
+    return web.json_response({"status": "alive"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready: the hub is started, the last fleet probe found it open, and we are not
+    shutting down. Answered from memory: a slow store can never make it fail."""
+    hub = request.app[STATE].hub
+    if hub.ready:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready", "reason": hub.not_ready_reason},
+                             status=503)
+
+
+# -- REST ---------------------------------------------------------------------------------
+
+async def _rollups(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    level = request.query.get("level")
+    if level not in (None, "owner", "region", "site", "group"):
+        return _error(400, f"level: unknown level {level!r} (valid: owner, region, site, group)")
+    try:
+        rollups = await state.hub.call(state.fleet.rollups, level)
+    except FleetClosed as error:
+        return _error(503, str(error))
+    return web.json_response({path: r.to_dict(with_missing=False)
+                              for path, r in rollups.items()})
+
+
+async def _rollup(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    path = request.match_info["path"]
+    try:
+        rollup = await state.hub.call(state.fleet.rollup, path)
+    except UnknownPath as error:
+        return _error(404, str(error))
+    except FleetClosed as error:
+        return _error(503, str(error))
+    out = rollup.to_dict()
+    out["history"] = [list(p) for p in state.hub.history.series(path, state.fleet.clock.now())]
+    return web.json_response(out)
+
+
+async def _asset(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        view = await state.hub.call(state.fleet.asset, request.match_info["asset_id"])
+    except UnknownAsset as error:
+        return _error(404, str(error))
+    except FleetClosed as error:
+        return _error(503, str(error))
+    return web.json_response(jsonable(view.to_dict()))
+
+
+async def _ingest(request: web.Request) -> web.Response:
+    """A msgpack batch in the wire format; the ingest report as JSON."""
+    state = request.app[STATE]
+    if request.content_type not in INGEST_TYPES:
+        return _error(415, f"Content-Type: {request.content_type!r} is not a msgpack batch "
+                           "(send application/msgpack, the wire format of docs/wire-format.md)")
+    body = await request.read()
+    try:
+        report = await state.hub.call(state.fleet.ingest, body)
+    except IngestError as error:
+        return _error(400, str(error))
+    except StoreBusy as error:
+        return _error(503, f"not accepted, retry: {error}", headers={"Retry-After": "1"})
+    except (StoreUnavailable, FleetClosed) as error:
+        return _error(503, f"not accepted: {error}", headers={"Retry-After": "5"})
+    return web.json_response({
+        "total": report.total, **report.counts(),
+        "errors": [{"index": e.index, "asset_id": _plain(e.asset_id), "field": e.field,
+                    "value": _plain(e.value), "reason": e.reason, "message": str(e)}
+                   for e in report.errors]})
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe form of a rejected sample's value (its repr if it is not plain)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return repr(value)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        fleet_text = await state.hub.call(state.fleet.metrics_text)
+    except FleetClosed as error:
+        return _error(503, str(error))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_WebCollector(state))
+    return web.Response(body=fleet_text + generate_latest(registry),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+class _WebCollector(Collector):
+    """The live view's own counters, next to the fleet's."""
+
+    def __init__(self, state: WebState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state, hub = self.state, self.state.hub
+        sent = state.counters["ws_updates_sent"] + sum(c.slots.flushed for c in hub.clients)
+        superseded = (state.counters["ws_updates_superseded"]
+                      + sum(c.slots.superseded for c in hub.clients))
+        out_bytes = state.counters["ws_bytes_sent"] + sum(c.bytes_sent for c in hub.clients)
+        yield GaugeMetricFamily("twin_web_clients", "Websocket clients connected",
+                                value=len(hub.clients))
+        yield CounterMetricFamily("twin_web_connections", "Websocket connections accepted",
+                                  value=state.counters["ws_connections"])
+        yield CounterMetricFamily("twin_web_updates", "Messages pushed to websocket clients",
+                                  value=sent)
+        yield CounterMetricFamily("twin_web_updates_superseded",
+                                  "Updates replaced by a newer value before they were sent",
+                                  value=superseded)
+        yield CounterMetricFamily("twin_web_sent_bytes", "Bytes of JSON pushed to websockets",
+                                  value=out_bytes)
+        yield CounterMetricFamily("twin_web_auth_failures", "Requests refused for a missing or "
+                                  "wrong bearer token", value=state.counters["auth_failures"])
+        yield CounterMetricFamily("twin_web_auth_rate_limited", "Requests refused because "
+                                  "their address failed too often",
+                                  value=state.counters["auth_rate_limited"])
+
+
+# -- websocket ----------------------------------------------------------------------------
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=30.0,
+                               max_msg_size=WS_MAX_MESSAGE_BYTES)
+    await ws.prepare(request)
+    state.sockets.add(ws)
+    state.counters["ws_connections"] += 1
+    client = state.hub.connect(ws.send_str)
+    flusher = asyncio.create_task(client.slots.run(), name="twin-web-client")
+    flusher.add_done_callback(lambda _: asyncio.ensure_future(ws.close()) if not ws.closed
+                              else None)
+    try:
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            try:
+                data = json.loads(message.data)
+            except ValueError:
+                client.slots.put("error", f"a message is JSON text, got {message.data[:80]!r}")
+                continue
+            state.hub.handle(client, data)
+    finally:
+        state.hub.disconnect(client)
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        state.counters["ws_updates_sent"] += client.slots.flushed
+        state.counters["ws_updates_superseded"] += client.slots.superseded
+        state.counters["ws_bytes_sent"] += client.bytes_sent
+    return ws
+
+
+# -- embedding ----------------------------------------------------------------------------
+
+class LiveServer:
+    """The live view on a background thread with its own event loop.
+
+    ``LiveServer(fleet, port=0).start()`` returns once the socket is bound (``port`` then
+    holds the real port, ``url`` the address); ``stop()`` closes websockets and the hub and
+    joins the thread. The fleet is not closed: it belongs to the caller.
+    """
+
+    def __init__(self, fleet: Fleet, *, host: str = "127.0.0.1", port: int = 8080,
+                 token: str | None = None, rate_hz: float = 4.0,
+                 history: History | None = None) -> None:
+        self._token = check_token(token, host)     # refuse unsafe settings before starting
+        if not (isinstance(port, int) and 0 <= port <= 65535):
+            raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        self.fleet = fleet
+        self.host = host
+        self.port = port
+        self.rate_hz = rate_hz
+        self.history = history if history is not None else History()
+        self.app: web.Application | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self, timeout: float = 15.0) -> LiveServer:
+        if self._thread is not None:
+            raise RuntimeError("this LiveServer was already started")
+        self._thread = threading.Thread(target=self._run, name="twin-web-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"the live view did not start within {timeout:g} s")
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:       # reported to start(); never silently lost
+            self._failure = error
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self.app = create_app(self.fleet, token=self._token, host=self.host,
+                              rate_hz=self.rate_hz, history=self.history)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            self.port = int(runner.addresses[0][1])
+            self._started.set()
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Close the server and join its thread; safe to call twice."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None or not thread.is_alive():
+            return
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):    # the loop already ended
+                loop.call_soon_threadsafe(stopping.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"the live view did not stop within {timeout:g} s")
+
+    def __enter__(self) -> LiveServer:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:                 # never shows the token
+        auth = "token required" if self._token else "no token"
+        return f"<LiveServer {self.url} ({auth})>"
