@@ -16,6 +16,7 @@ from twin.web import create_app
 from twin.web.server import STATE
 from twin.wire import pack_batch
 
+
 @pytest.fixture
 def web_fleet(model: FleetModel, clock: VirtualClock) -> Iterator[Fleet]:
     with Fleet(model, clock=clock) as running:

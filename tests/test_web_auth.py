@@ -51,7 +51,7 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 def test_a_public_address_without_a_token_is_refused_before_starting(web_fleet: Fleet) -> None:
     with pytest.raises(AuthConfigError, match=r"host='0\.0\.0\.0'.*TWIN_TOKEN"):
         create_app(web_fleet, host="0.0.0.0")
-    with pytest.raises(AuthConfigError, match="10.1.2.3"):
+    with pytest.raises(AuthConfigError, match=r"10\.1\.2\.3"):
         LiveServer(web_fleet, host="10.1.2.3")
     with pytest.raises(AuthConfigError, match="at least 16"):
         check_token("short", "0.0.0.0")
