@@ -25,7 +25,10 @@ const el = (tag, cls, text) => {
 
 // -- formatting: honest about what we do not know ------------------------------------------
 
-function mw(kw) { return (kw / 1000).toFixed(2); }
+function mw(kw) {
+  const text = (kw / 1000).toFixed(2);
+  return text === "-0.00" ? "0.00" : text;
+}
 
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "never";
@@ -42,8 +45,9 @@ function clockText(t) {
 
 function kw(value) {
   if (value === null || value === undefined) return null;
-  return typeof value === "number" ? value.toLocaleString("en", {maximumFractionDigits: 1})
-                                   : String(value);
+  if (typeof value !== "number") return String(value);
+  const text = value.toLocaleString("en", {maximumFractionDigits: 1});
+  return text === "-0" ? "0" : text;       // a tiny draw rounds to 0, not to "-0"
 }
 
 // -- the tree ---------------------------------------------------------------------------
@@ -177,6 +181,7 @@ function sparkline(history, rollup) {
   svg.setAttribute("height", height);
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   if (!history.length) return svg;
+  if (history.length === 1) history = [history[0], history[0]];   // one bucket: a flat line
   const n = history.length;
   const x = (i) => (n === 1 ? width : (i / (n - 1)) * width);
   const top = Math.max(rollup.capacity_kw, ...history.map((p) => p[1]), 1e-9);
