@@ -1,0 +1,182 @@
+"""``twin sim``: the fleet simulator's command (registered by ``twin.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sim.config import (
+    DEFAULT_DEADBAND,
+    DEFAULT_REPORT_EVERY,
+    SimConfig,
+    parse_duration,
+    parse_kind_values,
+    parse_mix,
+    parse_speed,
+)
+from sim.faults import load_faults
+from sim.report import build_report, report_json
+from sim.runner import Progress, build_model, run_simulation
+from sim.summary import write_plain, write_rich
+
+EXAMPLES = """examples:
+  twin sim --assets 2000 --duration 2h --speed max --faults default
+  twin sim --assets 500 --duration 30m --speed 60            # paced: 60x real time
+  twin sim --fleet fleet.json --faults faults.json --report report.json
+  twin sim --assets 10000 --mix turbine=0.2,battery=0.6,charger=0.2 --json > report.json
+  twin sim --assets 300 --fleet-out fleet.json && twin check fleet.json
+
+The exit status is 0, or 1 when the runtime counted a data-quality class differently from
+what the simulator injected (a regression), or 2 for a bad option or file.
+The faults file format and the report are described in docs/simulator.md."""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "sim", help="simulate a fleet with faults against the runtime and check what it saw",
+        description="Build a fleet (or load one), run simulated turbines, batteries and "
+                    "chargers against the real runtime faster than real time, inject the "
+                    "faults real fleets have, and report how well the runtime's view matched "
+                    "the ground truth. The same seed gives the same report, apart from its "
+                    "'throughput' section.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fleet = parser.add_argument_group("the fleet")
+    source = fleet.add_mutually_exclusive_group()
+    source.add_argument("--assets", type=int, default=2000, metavar="N",
+                        help="generate a fleet of N assets (default 2000; e.g. --assets 10000)")
+    source.add_argument("--fleet", metavar="FILE",
+                        help="simulate this fleet model (JSON, as 'twin check' reads) instead "
+                             "of generating one (e.g. --fleet fleet.json)")
+    fleet.add_argument("--owners", type=int, default=3,
+                       help="owners of a generated fleet (default 3)")
+    fleet.add_argument("--regions", type=int, default=8,
+                       help="regions, shared out among the owners (default 8)")
+    fleet.add_argument("--sites", type=int, default=None,
+                       help="sites (default: one per 10 assets; e.g. --sites 200)")
+    fleet.add_argument("--mix", default="turbine=0.5,battery=0.3,charger=0.2",
+                       help="shares of each kind (default turbine=0.5,battery=0.3,charger=0.2)")
+    fleet.add_argument("--fleet-out", metavar="FILE",
+                       help="write the fleet model as JSON (FleetModel.load reads it back)")
+    run = parser.add_argument_group("the run")
+    run.add_argument("--duration", default="2h",
+                     help="virtual time to simulate: 90s, 15m, 2h, 1d (default 2h)")
+    run.add_argument("--speed", default="max",
+                     help="'max': virtual time, as fast as possible (default); a factor "
+                          "paces the run in real time, e.g. --speed 60 = one hour per minute")
+    run.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    run.add_argument("--faults", default="default", metavar="default|none|FILE",
+                     help="fault preset or a faults JSON file (default: default)")
+    run.add_argument("--step", default="10s",
+                     help="simulation step: devices read sensors this often (default 10s; "
+                          "1s to 20s)")
+    run.add_argument("--batch", type=int, default=2000, metavar="N",
+                     help="samples per wire-format batch (default 2000)")
+    run.add_argument("--report-every", default=_kinds_text(DEFAULT_REPORT_EVERY),
+                     metavar="KIND=S,...",
+                     help="periodic report interval per kind in seconds, for a generated "
+                          f"fleet (default {_kinds_text(DEFAULT_REPORT_EVERY)}); the "
+                          "offline timeout is three times that")
+    run.add_argument("--deadband", default=_kinds_text(DEFAULT_DEADBAND), metavar="KIND=F,...",
+                     help="report on change beyond this fraction of the rating (default "
+                          f"{_kinds_text(DEFAULT_DEADBAND)})")
+    run.add_argument("--store", metavar="URL", default=None,
+                     help="run the fleet with a durable store (SQLAlchemy URL, e.g. "
+                          "sqlite:///sim.db); default: in memory")
+    out = parser.add_argument_group("output")
+    out.add_argument("--report", metavar="FILE", help="write the full report as JSON")
+    out.add_argument("--json", action="store_true",
+                     help="print the full report as JSON on stdout (no summary)")
+    out.add_argument("--verbose", action="store_true",
+                     help="show the runtime's logs (supervisor restarts, quarantines)")
+    parser.set_defaults(run=run_command)
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The run's configuration; raises SimConfigError naming a bad option and its value."""
+    report_every = {**DEFAULT_REPORT_EVERY,
+                    **parse_kind_values(args.report_every, "--report-every")}
+    deadband = {**DEFAULT_DEADBAND,
+                **parse_kind_values(args.deadband, "--deadband", positive=False)}
+    return SimConfig(assets=args.assets, fleet_path=args.fleet, owners=args.owners,
+                     regions=args.regions, sites=args.sites, mix=parse_mix(args.mix),
+                     duration_s=parse_duration(args.duration),
+                     speed=parse_speed(args.speed), seed=args.seed,
+                     step_s=parse_duration(args.step, "--step"), batch_size=args.batch,
+                     report_every=report_every, deadband=deadband, store=args.store)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    plan = load_faults(args.faults)
+    model = build_model(config)
+    if args.fleet_out:
+        Path(args.fleet_out).write_text(json.dumps(model.to_dict(), indent=2) + "\n")
+    with _runtime_logs(args.verbose), _progress(sys.stderr) as progress:
+        result = run_simulation(config, plan, model=model, progress=progress)
+    report = build_report(result)
+    if args.report:
+        Path(args.report).write_text(report_json(report))
+    if args.json:
+        sys.stdout.write(report_json(report))
+    elif sys.stdout.isatty():
+        write_rich(report, sys.stdout)
+    else:
+        write_plain(report, sys.stdout)
+    return 0 if report["quality"]["all_match"] else 1
+
+
+@contextlib.contextmanager
+def _runtime_logs(verbose: bool) -> Iterator[None]:
+    """Keep the runtime's per-crash log lines off the terminal unless asked for (injected
+    crashes are counted in the report instead); restored afterwards."""
+    import structlog
+
+    if verbose:
+        yield
+        return
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@contextlib.contextmanager
+def _progress(stream: Any) -> Iterator[Callable[[Progress], None]]:
+    """A progress bar on a terminal; a plain line per tenth of the run elsewhere."""
+    if stream.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+
+        with Bar(TextColumn("twin sim"), BarColumn(), MofNCompleteColumn(),
+                 TextColumn("steps, {task.fields[samples]:,} samples"), TimeElapsedColumn(),
+                 console=Console(file=stream), transient=True) as bar:
+            task = bar.add_task("sim", total=None, samples=0)
+
+            def update_bar(p: Progress) -> None:
+                bar.update(task, completed=p.step, total=p.steps, samples=p.samples)
+
+            yield update_bar
+        return
+    shown = [0]
+
+    def print_line(p: Progress) -> None:
+        tenth = p.step * 10 // p.steps
+        if tenth > shown[0]:
+            shown[0] = tenth
+            print(f"twin sim: {tenth * 10}% ({p.virtual_s:g} s of virtual time, "
+                  f"{p.samples:,} samples, {p.wall_s:.1f} s)", file=stream, flush=True)
+
+    yield print_line
+
+
+def _kinds_text(values: Any) -> str:
+    return ",".join(f"{kind}={value:g}" for kind, value in values.items())

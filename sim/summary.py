@@ -1,0 +1,111 @@
+"""The final summary of a run: a few small tables, drawn with rich on a terminal and as plain
+aligned text elsewhere (pipes, logs, CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+Table = tuple[str, Sequence[str], list[list[str]]]     # title, headers, rows
+
+
+def summary_tables(report: dict[str, Any]) -> tuple[str, list[Table]]:
+    """A headline and the tables of the summary, as strings."""
+    sc, tp, tot = report["scenario"], report["throughput"], report["totals"]
+    headline = (f"{sc['assets']:,} assets ({sc['owners']} owners, {sc['regions']} regions, "
+                f"{sc['sites']} sites), {_duration(tot['virtual_s'])} of virtual time in "
+                f"{tp['wall_s']:.1f} s ({tp['virtual_per_wall']:,.0f}x), seed {sc['seed']}, "
+                f"faults: {sc['faults_source']}")
+    quality = report["quality"]
+    q_rows = [[name, f"{c['injected']:,}", f"{c['counted']:,}",
+               "ok" if c["injected"] == c["counted"] else "MISMATCH"]
+              for name, c in quality.items() if name != "all_match"]
+    od = report["offline_detection"]
+    d_rows = [
+        ["episodes injected", f"{od['episodes']:,}"],
+        ["  longer than the offline timeout", f"{od['episodes_longer_than_timeout']:,} "
+                                             f"(detected {od['detected_longer']:,})"],
+        ["  shorter", f"{od['episodes_shorter']:,} (detected {od['detected_shorter']:,})"],
+        ["offline detections", f"{od['detections']:,} ({od['false_detections']:,} false)"],
+        ["precision / recall", f"{_ratio(od['precision'])} / {_ratio(od['recall'])}"],
+        ["detection delay p50 / p99", f"{_secs(od['delay_s']['p50'])} / "
+                                      f"{_secs(od['delay_s']['p99'])}"],
+        ["never came up", f"{od['never_up']['injected']:,} "
+                          f"(runtime: {report['detected']['by_state'].get('unknown', 0):,} "
+                          "unknown)"],
+    ]
+    r_rows = []
+    for owner, r in report["rollups"].items():
+        rt, tr = r["runtime"], r["truth"]
+        r_rows.append([owner, f"{rt['reporting']:,}/{rt['expected']:,}",
+                       f"{tr['reporting']:,}/{tr['expected']:,}",
+                       f"{rt['offline']}/{rt['unknown']}/{rt['quarantined']}",
+                       f"{rt['power_kw'] / 1000:,.2f}",
+                       f"{tr['power_kw_of_reporting'] / 1000:,.2f}",
+                       f"{tr['power_kw'] / 1000:,.2f}"])
+    cmd, sup = report["commands"], report["supervision"]
+    o_rows = [
+        ["samples sent", f"{tot['samples_sent']:,} in {tot['batches']:,} batches"],
+        ["throughput", f"{tp['samples_per_s']:,.0f} samples/s overall, "
+                       f"{tp['ingest_samples_per_s']:,.0f}/s in ingest"],
+        ["battery commands", f"{cmd['sent']:,} sent, {cmd['accepted']:,} accepted, "
+                             f"{cmd['refused']:,} refused, {cmd['lost_in_transport']:,} lost"],
+        ["desired = reported", f"{cmd['desired_equals_reported']:,} of {cmd['batteries']:,} "
+                               "batteries"],
+        ["actor crashes", f"{sup['crashes_injected']:,} + {sup['crash_loops_injected']:,} loops "
+                          f"injected; runtime: {sup['runtime_restarts']:,} restarts, "
+                          f"{sup['runtime_quarantines']:,} quarantined"],
+    ]
+    return headline, [
+        ("Data quality", ("class", "injected", "counted", ""), q_rows),
+        ("Offline detection", ("", ""), d_rows),
+        ("Roll-ups at the end", ("owner", "reporting", "truly up", "off/unk/quar",
+                                 "MW runtime", "MW true (reporting)", "MW true (all)"), r_rows),
+        ("Run", ("", ""), o_rows),
+    ]
+
+
+def write_plain(report: dict[str, Any], out: TextIO) -> None:
+    headline, tables = summary_tables(report)
+    out.write(headline + "\n")
+    for title, headers, rows in tables:
+        out.write(f"\n{title}\n")
+        widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows,
+                                                                        strict=False)]
+        lines = [headers, *rows] if any(headers) else rows
+        for row in lines:
+            cells = [c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+            out.write("  " + "  ".join(cells).rstrip() + "\n")
+
+
+def write_rich(report: dict[str, Any], out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console(file=out)
+    headline, tables = summary_tables(report)
+    console.print(f"[bold]{headline}[/bold]")
+    for title, headers, rows in tables:
+        table = RichTable(title=title, show_header=any(headers), title_justify="left")
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*[f"[red]{c}[/red]" if c == "MISMATCH" else c for c in row])
+        console.print(table)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _secs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g} s"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
