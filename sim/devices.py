@@ -98,17 +98,20 @@ class Device:
         return {"power_kw": round(p.power_kw, 2) + 0.0, "session_active": p.active,
                 "session_energy_kwh": round(p.delivered_kwh, 3)}
 
-    def wants_report(self, t: float, reading: dict[str, Any]) -> bool:
-        """Report on change beyond the deadband, or when the periodic report is due."""
+    def due(self, t: float) -> bool:
+        """Report on change beyond the deadband, or when the periodic report is due (checked
+        on the physics itself, so a device that stays quiet costs no reading)."""
         if t - self.last_report_t >= self.period_s:
             return True
-        if abs(reading["power_kw"] - self.sent_power) > self.deadband_kw:
+        if t < self.stuck_until:
+            return False                  # a stuck sensor's values never move
+        p = self.physics
+        if abs(p.power_kw - self.sent_power) > self.deadband_kw:
             return True
-        kind = self.kind
-        if kind == "battery":
-            return bool(reading["setpoint_kw"] != self.sent_setpoint)
-        if kind == "charger":
-            return bool(reading["session_active"] != self.sent_active)
+        if type(p) is BatteryPhysics:
+            return p.setpoint_kw != self.sent_setpoint
+        if type(p) is ChargerPhysics:
+            return p.active != self.sent_active
         return False
 
     def note_report(self, t: float, reading: dict[str, Any]) -> None:

@@ -149,9 +149,10 @@ class Injector:
                 em.emit(dev, signals, CLEAN, ts)
         dev.buffer = None
 
-    def buffer(self, dev: Device, t: float, reading: dict[str, Any]) -> None:
+    def buffer(self, dev: Device, t: float) -> None:
         """A cut-off device keeps what it would have sent (if it will burst on reconnect)."""
-        if dev.wants_report(t, reading):
+        if dev.due(t):
+            reading = dev.read(t)
             dev.note_report(t, reading)
             if dev.buffer is not None:
                 dev.buffer.append((dev.stamp(t), reading))
@@ -160,7 +161,7 @@ class Injector:
                       em: Emitter) -> None:
         """A connected device's report this step, with its events applied."""
         reported = False
-        if "dropout" in names and dev.wants_report(t, reading) and dev.may_lose(t):
+        if "dropout" in names and dev.due(t) and dev.may_lose(t):
             dev.note_report(t, reading)
             self.applied["dropout"] += 1
             reported = True
@@ -169,7 +170,7 @@ class Injector:
             dev.note_report(t, reading)
             self.applied["anomalous"] += 1
             reported = True
-        if not reported and dev.wants_report(t, reading):
+        if not reported and dev.due(t):
             dev.note_report(t, reading)
             em.emit(dev, reading, CLEAN, dev.stamp(t))
         for name in names:

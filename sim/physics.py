@@ -37,7 +37,7 @@ class WindField:
 
     __slots__ = ("mean", "reversion", "rng", "speed", "volatility")
 
-    def __init__(self, rng: random.Random, mean: float, volatility: float = 0.02,
+    def __init__(self, rng: random.Random, mean: float, volatility: float = 0.08,
                  reversion: float = 1.0 / 1800.0) -> None:
         self.rng = rng
         self.mean = mean
@@ -65,7 +65,7 @@ class TurbinePhysics:
 
     def step(self, dt: float) -> None:
         # the turbine's own wind: the site's field plus a short-lived local deviation
-        self.gust += -self.gust * min(1.0, dt / 120.0) + 0.15 * math.sqrt(dt) * self.rng.gauss(
+        self.gust += -self.gust * min(1.0, dt / 120.0) + 0.05 * math.sqrt(dt) * self.rng.gauss(
             0.0, 1.0)
         self.wind_ms = min(MAX_WIND_MS, max(0.0, self.field.speed + self.gust))
         self.power_kw = self.rated_kw * power_curve(self.wind_ms)

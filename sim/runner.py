@@ -184,17 +184,17 @@ class Simulation:
             if dev.never_up:
                 continue
             dev.physics.step(dt)
-            reading = dev.read(t)
             if not dev.connected:
                 if t >= dev.offline_until:
-                    injector.reconnect(dev, t, reading, em)
+                    injector.reconnect(dev, t, dev.read(t), em)
                 else:
-                    injector.buffer(dev, t, reading)
+                    injector.buffer(dev, t)
                 continue
             names = events.get(dev.index)
             if names is not None:
-                injector.device_events(dev, t, reading, names, em)
-            elif dev.wants_report(t, reading):
+                injector.device_events(dev, t, dev.read(t), names, em)
+            elif dev.due(t):
+                reading = dev.read(t)
                 dev.note_report(t, reading)
                 em.emit(dev, reading, CLEAN, dev.stamp(t))
         self._ingest(fleet, em.out, t)
