@@ -121,9 +121,12 @@ class LiveClient:
         self.bytes_sent = 0
 
     async def _flush(self, key: str, value: Any) -> None:
-        message = await self.hub.render(self, key, value)
-        if message is not None:
-            text = json.dumps(message, separators=(",", ":"))
+        if key.startswith("rollup:"):
+            text: str | None = self.hub.rollup_text(value)
+        else:
+            message = await self.hub.render(self, key, value)
+            text = None if message is None else encode(message)
+        if text is not None:
             self.bytes_sent += len(text)
             await self._send_text(text)
 
@@ -160,6 +163,7 @@ class LiveHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._transitions_due = asyncio.Event()
         self._probe: asyncio.Task[None] | None = None
+        self._encoded: dict[str, tuple[Rollup, float, str]] = {}
         self.updates_in = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -192,6 +196,7 @@ class LiveHub:
         self.tree = tree
         for path in set(self.latest) - set(rollups):
             self.latest.pop(path, None)
+            self._encoded.pop(path, None)
             self.history.forget(path)
             for client in self._watchers.pop(path, set()):
                 client.paths.discard(path)
@@ -306,13 +311,24 @@ class LiveHub:
             raise ValueError(f"type: unknown message type {_short(kind)} "
                              "(valid: subscribe, unsubscribe, site)")
 
-    async def render(self, client: LiveClient, key: str, value: Any) -> dict[str, Any] | None:
-        """The message for one flushed slot (``None``: nothing to send any more)."""
+    def rollup_text(self, rollup: Rollup) -> str:
+        """A roll-up's message, encoded once for all the clients that get it within one
+        history bucket (its sparkline cannot differ within a bucket)."""
         now = self.fleet.clock.now()
-        if key.startswith("rollup:"):
-            rollup: Rollup = value
-            return {"type": "rollup", "now": now, "rollup": rollup_dict(rollup, self.missing_shown),
-                    "history": [list(p) for p in self.history.series(rollup.path, now)]}
+        bucket = self.history.bucket(now)
+        cached = self._encoded.get(rollup.path)
+        if cached is not None and cached[0] is rollup and cached[1] == bucket:
+            return cached[2]
+        text = encode({"type": "rollup", "now": now,
+                       "rollup": rollup_dict(rollup, self.missing_shown),
+                       "history": [list(p) for p in self.history.series(rollup.path, now)]})
+        self._encoded[rollup.path] = (rollup, bucket, text)
+        return text
+
+    async def render(self, client: LiveClient, key: str, value: Any) -> dict[str, Any] | None:
+        """The message for one flushed slot other than a roll-up (``None``: nothing to send
+        any more)."""
+        now = self.fleet.clock.now()
         if key == "assets":
             if client.site != value:
                 return None
@@ -376,6 +392,10 @@ class LiveHub:
             self.ready, self.not_ready_reason = False, f"fleet probe failed: {error!r}"
         else:
             self.ready, self.not_ready_reason = True, ""
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
 
 
 def _cancel_all(subs: list[Subscription]) -> None:

@@ -321,8 +321,7 @@ function setStatus(text, cls) {
 
 const handlers = {
   tree(m) { state.now = m.now; buildTree(m.nodes); },
-  rollup(m) {
-    state.now = m.now;
+  rollup(m) {                // m.now may be a few seconds old (shared encoding): ages use clock
     const entry = state.nodes.get(m.rollup.path);
     if (!entry) return;
     entry.rollup = m.rollup;
