@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +21,8 @@ from twin.web.live import LiveClient
 async def test_a_burst_of_changes_to_one_node_is_sent_at_most_twice() -> None:
     sent: list[tuple[str, Any]] = []
 
-    async def flush(key: str, value: Any) -> None:
-        sent.append((key, value))
+    async def flush(batch: list[tuple[str, Any]]) -> None:
+        sent.extend(batch)
 
     slots = Coalescer(flush, min_interval_s=0.2)
     runner = asyncio.create_task(slots.run())
@@ -42,9 +43,9 @@ async def test_a_slow_client_holds_one_value_per_node_and_gets_the_latest() -> N
     sent: list[Any] = []
     unblock = asyncio.Event()
 
-    async def stuck_socket(key: str, value: Any) -> None:
+    async def stuck_socket(batch: list[tuple[str, Any]]) -> None:
         await unblock.wait()                # the client's socket buffer is full
-        sent.append(value)
+        sent.extend(value for _, value in batch)
 
     slots = Coalescer(stuck_socket, min_interval_s=0.0)
     runner = asyncio.create_task(slots.run())
@@ -66,8 +67,9 @@ async def test_each_key_is_rate_limited_on_its_own() -> None:
     times: dict[str, list[float]] = {"a": [], "b": []}
     loop = asyncio.get_running_loop()
 
-    async def flush(key: str, value: Any) -> None:
-        times[key].append(loop.time())
+    async def flush(batch: list[tuple[str, Any]]) -> None:
+        for key, _ in batch:
+            times[key].append(loop.time())
 
     slots = Coalescer(flush, min_interval_s=0.1)
     runner = asyncio.create_task(slots.run())
@@ -103,13 +105,12 @@ async def test_a_fleet_changing_on_another_thread_reaches_only_the_subscribers(
 
     def client_sending_to(name: str) -> LiveClient:
         async def send_text(text: str) -> None:
-            import json
-
-            message = json.loads(text)
-            if message["type"] == "rollup":
-                received[name].append(message["rollup"])
-                if message["rollup"]["reporting"] == 100:
-                    done.set()
+            frame = json.loads(text)
+            for message in frame["messages"] if frame["type"] == "batch" else [frame]:
+                if message["type"] == "rollup":
+                    received[name].append(message["rollup"])
+                    if message["rollup"]["reporting"] == 100:
+                        done.set()
         return hub.connect(send_text)
 
     site_client, owner_client = client_sending_to("site"), client_sending_to("owner")

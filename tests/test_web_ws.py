@@ -34,14 +34,22 @@ async def client(aiohttp_client: AiohttpClient, web_fleet: Fleet) -> TestClient:
 async def next_of(ws: ClientWebSocketResponse, kind: str,
                   where: Callable[[dict[str, Any]], bool] = lambda m: True,
                   seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The next message of ``kind`` that satisfies ``where`` (others are kept in ``seen``)."""
+    """The next message of ``kind`` that satisfies ``where`` (others are kept in ``seen``);
+    messages that came in one ``batch`` frame are looked at one by one."""
+    unread = _unread.setdefault(id(ws), [])
     async with asyncio.timeout(5):
         while True:
-            message: dict[str, Any] = await ws.receive_json()
+            if not unread:
+                frame: dict[str, Any] = await ws.receive_json()
+                unread.extend(frame["messages"] if frame["type"] == "batch" else [frame])
+            message = unread.pop(0)
             if seen is not None:
                 seen.append(message)
             if message["type"] == kind and where(message):
                 return message
+
+
+_unread: dict[int, list[dict[str, Any]]] = {}     # messages of a batch not looked at yet
 
 
 async def in_pool(fn: Callable[..., Any], *args: Any) -> Any:

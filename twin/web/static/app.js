@@ -332,7 +332,13 @@ const handlers = {
   transitions(m) { renderTransitions(m.items); },
   clock(m) { state.now = m.now; $("#clock").textContent = clockText(m.now); renderAssets(); },
   error(m) { setStatus(`server: ${m.message}`, "down"); },
+  batch(m) { for (const message of m.messages) dispatch(message); },
 };
+
+function dispatch(message) {
+  const handle = handlers[message.type];
+  if (handle) handle(message);
+}
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -347,11 +353,7 @@ function connect() {
     if (state.nodes.size) refreshVisibility();
     if (state.site) send({type: "site", path: state.site});
   };
-  ws.onmessage = (event) => {
-    const message = JSON.parse(event.data);
-    const handle = handlers[message.type];
-    if (handle) handle(message);
-  };
+  ws.onmessage = (event) => dispatch(JSON.parse(event.data));
   ws.onclose = () => {
     setStatus(`disconnected; retrying in ${Math.round(state.retryMs / 1000)} s`, "down");
     setTimeout(start, state.retryMs);
