@@ -390,6 +390,9 @@ class LiveHub:
                     await self._attach()
                 except FleetClosed:
                     continue
+                except Exception:           # e.g. the model changed again meanwhile: retry
+                    log.exception("live_view_reattach_failed")
+                    continue
                 for client in self.clients:
                     client.slots.put("tree", self.tree)
 
