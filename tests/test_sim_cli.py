@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import re
 import threading
@@ -141,3 +142,20 @@ def test_twin_cli_runs_sim_and_turns_bad_options_into_exit_status_2(
     assert json.loads(capsys.readouterr().out)["quality"]["all_match"] is True
     assert main(["sim", "--mix", "wind=1"]) == 2
     assert "twin sim: --mix: unknown kind 'wind'" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_summary_is_drawn_with_rich_and_progress_is_a_bar(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out, err = _Terminal(), _Terminal()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", err)
+    assert sim(["--assets", "20", "--duration", "5m"]) == 0
+    text = out.getvalue()
+    assert "Data quality" in text
+    assert "│" in text or "┃" in text                # rich's table borders
+    assert "twin sim: 100%" not in err.getvalue()   # a bar, not plain lines
