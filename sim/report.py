@@ -24,11 +24,15 @@ CLASSES = ("accepted", "duplicate", "late", "future", "stale", "anomalous", "rej
 
 def build_report(result: SimResult) -> dict[str, Any]:
     start = START
+    detection = offline_detection(result.devices, result.offline_at, result.end)
+    detection["never_up"]["runtime_unknown"] = sum(
+        1 for dev in result.devices
+        if dev.never_up and result.final_state.get(dev.id, "unknown") == "unknown")
     report = {
         "scenario": _scenario(result),
         "truth": _truth(result.devices, start, result.end),
         "detected": _detected(result),
-        "offline_detection": offline_detection(result.devices, result.offline_at, result.end),
+        "offline_detection": detection,
         "quality": _quality(result),
         "faults": {**result.applied, "malformed_by_variant": result.malformed_by_variant,
                    "rejection_examples": result.error_examples[:6]},

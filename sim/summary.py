@@ -31,8 +31,7 @@ def summary_tables(report: dict[str, Any]) -> tuple[str, list[Table]]:
         ["detection delay p50 / p99", f"{_secs(od['delay_s']['p50'])} / "
                                       f"{_secs(od['delay_s']['p99'])}"],
         ["never came up", f"{od['never_up']['injected']:,} "
-                          f"(runtime: {report['detected']['by_state'].get('unknown', 0):,} "
-                          "unknown)"],
+                          f"({od['never_up']['runtime_unknown']:,} unknown to the runtime)"],
     ]
     r_rows = []
     for owner, r in report["rollups"].items():

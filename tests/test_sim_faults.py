@@ -100,6 +100,7 @@ def test_devices_that_never_come_up_stay_unknown_in_the_runtime() -> None:
     never = [a for a, t in report["truth"]["assets"].items() if t.get("never_up")]
     assert len(never) == 12
     assert {report["detected"]["assets"][a] for a in never} == {"unknown"}
+    assert report["offline_detection"]["never_up"] == {"injected": 12, "runtime_unknown": 12}
 
 
 def test_skewed_clocks_within_the_allowed_skew_are_accepted() -> None:
