@@ -5,8 +5,12 @@ a busy writer refuses batches cleanly, and a lost connection loses nothing."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
-import threading
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -260,43 +264,34 @@ def run_more(fleet: Fleet, clock: VirtualClock) -> None:
 
 
 class BlockedWriter:
-    """Holds the store's writer inside its INSERT into twin_samples until released.
+    """Stops the store's writer process from writing until released.
 
     PostgreSQL: another session takes ``LOCK TABLE twin_samples IN ACCESS EXCLUSIVE MODE`` in
     an open transaction; the writer's INSERT waits for it, and :meth:`cut_connection`
     terminates the writer's backend with ``pg_terminate_backend``. SQLite has no table locks
-    (a database-wide write lock would block the raw-log append as well), so there the writer's
-    INSERT is held at SQLAlchemy's ``before_cursor_execute`` hook, on the writer's own thread,
-    and :meth:`cut_connection` makes it fail once with ``sqlite3.OperationalError``: the error
-    SQLite reports when its file cannot be written.
+    (a database-wide write lock would block the raw-log append as well), so there the writer
+    process is stopped with ``SIGSTOP`` while it is idle (it holds no lock then), and
+    :meth:`cut_connection` takes the database's write lock from this test, lets the writer
+    run into it (``database is locked`` after its busy timeout: the error SQLite reports while
+    another process writes) and releases it once the writer has retried.
     """
 
     def __init__(self, store: Store, db: Engine) -> None:
         self.store = store
         self.db = db
-        self._cond = threading.Condition()
-        self._released = False
-        self._failures = 0
         self._lock_conn: Any = None
+        self._stopped: int | None = None
 
     def __enter__(self) -> BlockedWriter:
         if self.store.dialect == "postgresql":
             self._lock_conn = self.db.connect()
             self._lock_conn.execute(text("LOCK TABLE twin_samples IN ACCESS EXCLUSIVE MODE"))
         else:
-            event.listen(self.store.engine, "before_cursor_execute", self._hold)
+            self.store.writer.flush()            # idle: in no transaction, holding no lock
+            stopped = self._stopped = self.store.writer.pid
+            os.kill(stopped, signal.SIGSTOP)
+            poll_until(lambda: process_state(stopped) == "T", "the writer to stop")
         return self
-
-    def _hold(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.startswith("INSERT INTO twin_samples"):
-            return
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._released or self._failures > 0,
-                                       timeout=30):
-                raise AssertionError("the writer was held for 30 s: the test never released it")
-            if self._failures > 0:
-                self._failures -= 1
-                raise sqlite3.OperationalError("disk I/O error (injected by the test)")
 
     def cut_connection(self) -> None:
         """Make the writer's current attempt fail as if its connection were lost."""
@@ -309,24 +304,51 @@ class BlockedWriter:
                     "AND query LIKE 'INSERT INTO twin_samples%'"),
                     {"app": application_name(self.store.url)}).scalars().all()
             assert ended == [True], "the writer was not waiting inside its INSERT"
-        else:
-            with self._cond:
-                self._failures += 1
-                self._cond.notify_all()
+            return
+        assert self._stopped is not None, "cut_connection() inside the with block"
+        locker = sqlite3.connect(self.store.url.removeprefix("sqlite:///"), timeout=5,
+                                 isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")    # the database's write lock, held here
+            before = self.store.writer.retries
+            self._continue()
+            poll_until(lambda: self.store.writer.retries > before, "the writer to retry")
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+
+    def _continue(self) -> None:
+        if self._stopped is not None and process_state(self._stopped) == "T":
+            os.kill(self._stopped, signal.SIGCONT)    # not if a test killed it meanwhile
+        self._stopped = None
 
     def release(self) -> None:
         if self._lock_conn is not None:
             self._lock_conn.rollback()
             self._lock_conn.close()
             self._lock_conn = None
-        with self._cond:
-            self._released = True
-            self._cond.notify_all()
+        self._continue()
 
     def __exit__(self, *exc: object) -> None:
-        # the SQLite hook stays: removing it while the writer runs through the engine's
-        # listeners breaks their iteration; released, it lets everything through
         self.release()
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process (``T``: stopped; ``Z``/``X`` or gone: exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "X"
+
+
+def poll_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Wait for a real condition of another process, with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_s:g} s for {what}")
+        time.sleep(0.005)
 
 
 class FailingLogAppends:
@@ -619,6 +641,7 @@ def test_a_blocked_writer_makes_ingest_refuse_a_batch_without_logging_or_applyin
         metrics = fleet.metrics()
         assert (metrics["samples_accepted"], metrics["batches"], metrics["batches_refused"]) == (
             len(acknowledged), len(acknowledged), 1)
+        assert metrics["store_queue_depth"] == 1   # bounded: never more than queue_batches
         assert fleet.rollup("acme/north/alpha").power_kw == last.signals["power_kw"]
     fleet.flush()
     assert [(ts, asset, outcome) for ts, asset, outcome, *_ in sample_rows(db)] == [
@@ -688,6 +711,73 @@ def test_the_writer_retries_a_lost_connection_and_loses_no_acknowledged_sample(
     assert [(ts, asset, outcome) for ts, asset, outcome, *_ in sample_rows(db)] == [
         (s.ts, "t-01", 0) for s in acknowledged]
     assert store.cleaned_offset() == log_rows(db)[-1][0]
+
+
+def test_a_killed_writer_process_is_restarted_and_writes_every_batch_sent_to_it(
+        open_store: OpenStore, open_fleet: OpenFleet, db: Engine, clock: VirtualClock,
+        logs: list[MutableMapping[str, Any]]) -> None:
+    store = open_store()
+    fleet = open_fleet(store)
+    acknowledged: list[Sample] = []
+    with BlockedWriter(store, db):
+        for i in range(3):                    # sent, not written: the writer cannot write
+            acknowledged.append(Sample("t-01", clock.now() - 10 + i, {"power_kw": 10.0 * i}))
+            fleet.ingest([acknowledged[-1]])
+        killed = store.writer.pid
+        os.kill(killed, signal.SIGKILL)
+        poll_until(lambda: store.writer.pid != killed, "a new writer process")
+    fleet.flush()
+    assert process_state(killed) in ("Z", "X")
+    assert [(ts, asset) for ts, asset, *_ in sample_rows(db)] == [
+        (s.ts, "t-01") for s in acknowledged]
+    assert store.cleaned_offset() == log_rows(db)[-1][0]
+    assert (store.writer.restarts, fleet.metrics()["store_queue_depth"]) == (1, 0)
+    assert [e["resent_batches"] for e in logs if e["event"] == "store_writer_restarted"] == [3]
+
+
+def test_a_writer_process_that_keeps_dying_makes_ingest_refuse_batches(
+        open_store: OpenStore, open_fleet: OpenFleet, db: Engine, clock: VirtualClock) -> None:
+    store = open_store()
+    fleet = open_fleet(store)
+    power(fleet, clock, t_01=100.0)
+    fleet.flush()
+    def gone(pid: int) -> bool:
+        """Restarted, or (after the third restart) ended for good."""
+        return store.writer.pid != pid or (store.writer.restarts == 3 and
+                                           process_state(pid) in ("Z", "X"))
+
+    for _ in range(4):                        # three restarts are allowed within a minute
+        killed = store.writer.pid
+        os.kill(killed, signal.SIGKILL)
+        poll_until(lambda: gone(killed), "the writer to be restarted or to stay dead")  # noqa: B023
+    fleet.advance(1)
+    with pytest.raises(StoreUnavailable, match="writer process exited"):
+        power(fleet, clock, t_01=200.0)
+    assert len(log_rows(db)) == 1               # refused before it was logged
+    assert fleet.metrics()["batches_refused"] == 1
+
+
+def test_the_writer_process_exits_when_its_fleet_is_killed(store_url: str, tmp_path: Any
+                                                            ) -> None:
+    """A SIGKILLed fleet leaves no writer behind (it sees EOF on its input)."""
+    script = ("import sys, time\nfrom twin import Store\nstore = Store(sys.argv[1])\n"
+              "print(store.writer.pid, flush=True)\ntime.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, store_url], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        writer = int(child.stdout.readline())
+        assert process_state(writer) not in ("Z", "X")
+    finally:
+        child.kill()                           # this child only, by its pid
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    poll_until(lambda: process_state(writer) in ("Z", "X"), "the orphaned writer to exit")
+
+
+def test_the_writer_process_and_the_fleet_agree_on_which_outcomes_are_stored() -> None:
+    from twin import _persistence, _writer_process
+    assert _persistence.STORED_OUTCOMES == _writer_process.STORED
 
 
 def test_ingest_still_logs_after_every_connection_of_the_store_was_terminated(

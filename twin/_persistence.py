@@ -4,18 +4,19 @@ writer, snapshot now and then, and restore after a restart (DESIGN decision 4)."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
-from twin._samples import ANOMALOUS, LATE, Sample
+from twin._samples import ACCEPTED, ANOMALOUS, LATE, Sample
 from twin._shard import Transition
 from twin._store import Snapshot, Store
 
 # Outcomes whose samples get a row in twin_samples: clean ones (the newest moves state, late
-# ones are history) and anomalous ones (kept raw, flagged by their outcome code).
-STORED_OUTCOMES = frozenset((0, LATE, ANOMALOUS))
+# ones are history) and anomalous ones (kept raw, flagged by their outcome code). The writer
+# process builds the rows and has its own copy of the codes (it does not import twin).
+STORED_OUTCOMES = frozenset((ACCEPTED, LATE, ANOMALOUS))
 
 
 class Persistence:
@@ -30,21 +31,42 @@ class Persistence:
         self.last_command = 0              # newest command id reflected in the fleet's state
         self._last_snapshot_at: float | None = None
         self._batches_since_snapshot = 0
+        self._appended: tuple[int, bytes, int] | None = None   # offset, payload, size
 
     def append(self, received_at: float, source: str, payload: bytes, count: int) -> int:
         """Append a batch to the log and commit; returns its offset. Raises
         :class:`StoreBusy` first if the writer is too far behind."""
         self.store.writer.wait_for_room(self.store.busy_timeout_s)
-        return self.store.append(received_at, source, payload, count)
+        offset = self.store.append(received_at, source, payload, count)
+        self._appended = (offset, payload, count)
+        return offset
 
     def derived(self, offset: int, received_at: float,
                 parts: Sequence[tuple[Sequence[Sample], bytes]],
                 transitions: Sequence[Transition]) -> None:
-        """Queue the rows a batch produced: ``parts`` pairs samples with their outcome codes
-        (the rows are built by the writer thread, off the hot path)."""
-        rows = _SampleRows(offset, received_at, parts)
-        self.store.writer.put(offset, rows, rows.count(), [
-            (offset, t.at, t.asset_id, t.old, t.new, t.reason) for t in transitions])
+        """Send the writer process what it needs to build the rows of a batch: ``parts``
+        pairs samples with their outcome codes.
+
+        The common case costs next to nothing here: when the batch just appended went to one
+        shard whole (its samples are the payload's, all of them, in order, as
+        ``Fleet._run_batch`` hands them over), the payload already logged stands for the
+        samples. Otherwise (several shards, samples the wire format rejected, a replay) the
+        samples with a row are re-packed."""
+        moved = [[t.at, t.asset_id, t.old, t.new, t.reason] for t in transitions]
+        appended, self._appended = self._appended, None
+        writer = self.store.writer
+        if (appended is not None and appended[0] == offset and len(parts) == 1 and
+                len(parts[0][0]) == appended[2]):
+            writer.put_batch(offset, received_at, appended[1], bytes(parts[0][1]), moved)
+        else:
+            rows: list[list[Any]] = []
+            codes = bytearray()
+            for samples, outcomes in parts:
+                for sample, code in zip(samples, outcomes, strict=True):
+                    if code in STORED_OUTCOMES:
+                        rows.append([sample.asset_id, sample.ts, sample.seq, sample.signals])
+                        codes.append(code)
+            writer.put_rows(offset, received_at, rows, bytes(codes), moved)
         self.last_offset = max(self.last_offset, offset)
         if parts:                         # a batch (timer-driven transitions come without)
             self._batches_since_snapshot += 1
@@ -91,41 +113,3 @@ class Persistence:
 
     def schedule(self, effective: float, change: dict[str, Any]) -> int:
         return self.store.schedule_change(effective, json.dumps(change, sort_keys=True))
-
-
-def _pack(values: dict[str, Any]) -> bytes | None:
-    if not values:
-        return None
-    packed: bytes = msgpack.packb(values, use_bin_type=True, default=repr)
-    return packed
-
-
-class _SampleRows:
-    """Rows for twin_samples from one batch, built when the writer thread iterates them."""
-
-    def __init__(self, offset: int, received_at: float,
-                 parts: Sequence[tuple[Sequence[Sample], bytes]]) -> None:
-        self._offset = offset
-        self._received_at = received_at
-        self._parts = parts
-
-    def count(self) -> int:
-        return sum(1 for _, outcomes in self._parts for code in outcomes
-                   if code in STORED_OUTCOMES)
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        offset, received_at = self._offset, self._received_at
-        stored = STORED_OUTCOMES
-        for samples, outcomes in self._parts:
-            for sample, code in zip(samples, outcomes, strict=True):
-                if code in stored:
-                    signals = sample.signals
-                    power = signals.get("power_kw")
-                    if len(signals) == 1 and power is not None:
-                        others = None                     # the common case: no blob to pack
-                    else:
-                        others = _pack({k: v for k, v in signals.items() if k != "power_kw"})
-                    if power is not None and type(power) is not float:
-                        power = float(power) if type(power) is int else None
-                    yield (sample.ts, sample.asset_id, received_at, int(code == ANOMALOUS), code,
-                           offset, power, others)

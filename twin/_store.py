@@ -4,46 +4,48 @@ Writes take two paths:
 
 * the **raw log** append is synchronous and committed (fsync'd on SQLite: WAL with
   ``synchronous=FULL``) before ``Fleet.ingest`` returns: what is acknowledged is durable;
-* **derived rows** (classified samples, state transitions) go through a bounded queue to a
-  writer thread that batches them (size or time, whichever first) and retries with
-  exponential backoff and jitter while the database is unavailable, losing nothing. When the
-  queue is full, ingest waits (up to ``busy_timeout_s``) before it appends anything, then
+* **derived rows** (classified samples, state transitions) are built and written by a writer
+  *process* (:mod:`twin._writer`, :mod:`twin._writer_process`), on a core of its own, which
+  batches them (size or time, whichever first) and retries with exponential backoff and
+  jitter while the database is unavailable, losing nothing. When ``queue_batches`` batches
+  are in flight, ingest waits (up to ``busy_timeout_s``) before it appends anything, then
   raises :class:`StoreBusy`: memory never grows without bound, and a refused batch is not
   acknowledged.
 
 Each derived batch is committed with the log offset it covers (``twin_progress.cleaned``); a
 snapshot is taken only once the writer has caught up, so a restart replays the log from the
 newest snapshot's offset. Replays are idempotent (conflicting rows are ignored).
+
+On SQLite, the writes of this process and of the writer process take a shared file lock
+(``<database>-twinlock``) around their transactions, so that each waits exactly as long as
+the other's transaction lasts rather than polling in SQLite's busy handler.
 """
 
 from __future__ import annotations
 
-import queue
-import random
+import fcntl
+import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, create_engine, event, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 
 from twin import _store_schema as schema
 from twin._errors import TwinError
+from twin._writer import StoreBusy, StoreUnavailable, Writer
 
 log = structlog.get_logger("twin.store")
 
-
-class StoreBusy(TwinError):
-    """The store's writer is behind; the batch was not accepted (retry later)."""
-
-
-class StoreUnavailable(TwinError):
-    """The database could not be reached in time; the batch was not accepted."""
+__all__ = ["LogEntry", "Snapshot", "Store", "StoreBusy", "StoreUnavailable", "StoredVersion",
+           "engine_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,8 @@ class Store:
 
     def __init__(self, url: str, *, queue_batches: int = 64, flush_rows: int = 20_000,
                  flush_interval_s: float = 0.2, busy_timeout_s: float = 10.0,
-                 retry_base_s: float = 0.05, retry_max_s: float = 5.0, seed: int = 0) -> None:
+                 retry_base_s: float = 0.05, retry_max_s: float = 5.0, seed: int = 0,
+                 chunk_rows: int = 2_000) -> None:
         self.url = url
         self.engine = engine_for(url)
         self.dialect = self.engine.dialect.name
@@ -116,9 +119,44 @@ class Store:
             f"SET LOCAL statement_timeout = {max(1, int(busy_timeout_s * 1000))}"
             if self.dialect == "postgresql" else "")
         self._log_lock = threading.Lock()
-        self.writer = Writer(self.engine, queue_batches=queue_batches, flush_rows=flush_rows,
-                             flush_interval_s=flush_interval_s, retry_base_s=retry_base_s,
-                             retry_max_s=retry_max_s, rng=random.Random(seed))
+        config: dict[str, Any] = {
+            "dialect": self.dialect, "flush_rows": flush_rows,
+            "flush_interval_s": flush_interval_s, "retry_base_s": retry_base_s,
+            "retry_max_s": retry_max_s, "seed": seed, "chunk_rows": chunk_rows}
+        self._lock_fd: int | None = None
+        if self.dialect == "sqlite":
+            database = str(self.engine.url.database)
+            lock_path = f"{database}-twinlock"
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            config.update(database=database, busy_timeout_s=busy_timeout_s, lock_path=lock_path)
+        else:
+            _, params = self.engine.dialect.create_connect_args(self.engine.url)
+            # plain values only (SQLAlchemy adds its own adapters, which the writer needs not)
+            config["connect"] = {k: v for k, v in params.items()
+                                 if isinstance(v, str | int | float | bool)}
+        try:
+            self.writer = Writer(config, queue_batches=queue_batches)
+        except BaseException:
+            self._release()
+            raise
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the file lock shared with the writer process (SQLite only)."""
+        if self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A write transaction on a pooled connection, under the shared file lock."""
+        with self._exclusive(), self.engine.begin() as conn:
+            yield conn
 
     # -- the raw log (synchronous) -----------------------------------------------------------
 
@@ -129,12 +167,14 @@ class Store:
         with self._log_lock:
             while True:
                 try:
-                    if self._append_timeout_sql:
-                        # a lock held elsewhere must not hang ingest (and the fleet's lock)
-                        self._log_conn.exec_driver_sql(self._append_timeout_sql)
-                    offset = self._log_conn.exec_driver_sql(
-                        self._append_sql, (received_at, source, count, payload)).scalar_one()
-                    self._log_conn.commit()
+                    with self._exclusive():
+                        if self._append_timeout_sql:
+                            # a lock held elsewhere must not hang ingest (and the fleet's lock)
+                            self._log_conn.exec_driver_sql(self._append_timeout_sql)
+                        offset = self._log_conn.exec_driver_sql(
+                            self._append_sql, (received_at, source, count, payload)
+                        ).scalar_one()
+                        self._log_conn.commit()
                     return int(offset)
                 except DBAPIError as error:
                     self._log_conn.rollback()
@@ -164,7 +204,7 @@ class Store:
                 last = int(rows[-1].offset)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(insert(schema.snapshots).values(
                 log_offset=snapshot.log_offset, taken_at=snapshot.taken_at,
                 model_version=snapshot.model_version, state=snapshot.state))
@@ -182,7 +222,7 @@ class Store:
 
     def record_command(self, at: float, asset_id: str, log_offset: int, desired_json: str
                        ) -> int:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return int(conn.execute(insert(schema.commands).values(
                 at=at, asset_id=asset_id, log_offset=log_offset, desired=desired_json)
                 .returning(schema.commands.c.id)).scalar_one())
@@ -207,7 +247,7 @@ class Store:
                              scheduled_id: int | None = None) -> None:
         """Record an applied change; if it was scheduled, mark that done in the same
         transaction, so a restart neither loses nor repeats it."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(_insert_ignore(self.dialect, schema.model_versions).values(
                 version=version, effective=effective, recorded_at=recorded_at,
                 log_offset=log_offset, change=change_json))
@@ -216,13 +256,13 @@ class Store:
                     schema.scheduled.c.id == scheduled_id).values(done=1))
 
     def schedule_change(self, effective: float, change_json: str) -> int:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return int(conn.execute(insert(schema.scheduled).values(
                 effective=effective, change=change_json, done=0)
                 .returning(schema.scheduled.c.id)).scalar_one())
 
     def finish_scheduled(self, scheduled_id: int) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(schema.scheduled.update().where(
                 schema.scheduled.c.id == scheduled_id).values(done=1))
 
@@ -250,168 +290,17 @@ class Store:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
     def close(self) -> None:
-        """Write everything still queued, then close."""
+        """Write everything still queued, stop the writer process, then close."""
         self.writer.close()
+        self._release()
+
+    def _release(self) -> None:
         with self._log_lock:
             self._log_conn.close()
         self.engine.dispose()
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    offset: int
-    samples: Iterable[tuple[Any, ...]]
-    count: int
-    transitions: list[tuple[Any, ...]]
-
-
-class Writer:
-    """The background writer of derived rows: bounded queue, batching, retry with backoff."""
-
-    def __init__(self, engine: Engine, *, queue_batches: int, flush_rows: int,
-                 flush_interval_s: float, retry_base_s: float, retry_max_s: float,
-                 rng: random.Random) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self.queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_batches)
-        self.flush_rows = flush_rows
-        self.flush_interval_s = flush_interval_s
-        self.retry_base_s = retry_base_s
-        self.retry_max_s = retry_max_s
-        self.rng = rng
-        self.written_rows = 0
-        self.writes = 0
-        self.write_seconds = 0.0
-        self.retries = 0
-        self.failed_rows = 0          # derived rows the database refused for good
-        self._stopped = threading.Event()
-        self._samples_sql = _insert_ignore_sql(
-            self.dialect, "twin_samples",
-            ("ts", "asset_id", "received_at", "flagged", "outcome", "log_offset", "power_kw",
-             "signals"),
-            # a clean sample replaces a flagged one of the same time; nothing else changes
-            on_conflict=("(ts, asset_id) DO UPDATE SET flagged = excluded.flagged, "
-                         "outcome = excluded.outcome, received_at = excluded.received_at, "
-                         "log_offset = excluded.log_offset, power_kw = excluded.power_kw, "
-                         "signals = excluded.signals "
-                         "WHERE twin_samples.flagged = 1 AND excluded.flagged = 0"))
-        self._transitions_sql = _insert_ignore_sql(self.dialect, "twin_transitions",
-                                                   ("log_offset", "at", "asset_id", "old",
-                                                    "new", "reason"))
-        self._thread = threading.Thread(target=self._run, name="twin-store-writer", daemon=True)
-        self._thread.start()
-
-    @property
-    def depth(self) -> int:
-        return self.queue.qsize()
-
-    def wait_for_room(self, timeout_s: float) -> None:
-        """Block until the queue has room for one more batch, or raise :class:`StoreBusy`."""
-        if self.queue.qsize() < self.queue.maxsize:
-            return
-        deadline = time.monotonic() + timeout_s
-        while self.queue.qsize() >= self.queue.maxsize:
-            if time.monotonic() >= deadline:
-                raise StoreBusy(f"the store's writer is {self.queue.qsize()} batches behind; "
-                                f"nothing of this batch was accepted, retry later")
-            self._stopped.wait(0.005)
-
-    def put(self, offset: int, sample_rows: Iterable[tuple[Any, ...]], count: int,
-            transition_rows: list[tuple[Any, ...]]) -> None:
-        """Queue rows covering the log up to ``offset``; ``sample_rows`` may be lazy (it is
-        iterated on the writer thread) and yields ``count`` rows."""
-        self.queue.put(_Item(offset, sample_rows, count, transition_rows))
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            pending = [item]
-            rows = item.count
-            deadline = time.monotonic() + self.flush_interval_s
-            closing = False
-            while rows < self.flush_rows:
-                try:
-                    more = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                    break
-                pending.append(more)
-                rows += more.count
-            try:
-                self._write(pending)
-            except Exception as error:    # a bug must not kill the writer and hang flush()
-                self.failed_rows += sum(item.count for item in pending)
-                log.error("store_write_failed", reason=repr(error)[:300],
-                          rows=sum(item.count for item in pending))
-            for _ in pending:
-                self.queue.task_done()
-            if closing:
-                return
-
-    def _write(self, pending: Sequence[_Item]) -> None:
-        sample_rows = [row for item in pending for row in item.samples]
-        transition_rows = [row for item in pending for row in item.transitions]
-        offset = max(item.offset for item in pending)
-        attempt = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                with self.engine.begin() as conn:
-                    if sample_rows:
-                        conn.exec_driver_sql(self._samples_sql, sample_rows)
-                    if transition_rows:
-                        conn.exec_driver_sql(self._transitions_sql, transition_rows)
-                    conn.execute(_upsert_progress(self.dialect, offset))
-                self.writes += 1
-                self.write_seconds += time.perf_counter() - started
-                self.written_rows += len(sample_rows) + len(transition_rows)
-                return
-            except (DataError, IntegrityError, ProgrammingError) as error:
-                # these rows themselves are at fault, and retrying cannot help: write them
-                # one by one, keeping all the others (the raw log still holds every sample)
-                log.error("store_rows_refused", reason=str(error.orig)[:200],
-                          rows=len(sample_rows) + len(transition_rows))
-                self._write_one_by_one(sample_rows, transition_rows, offset)
-                return
-            except DBAPIError as error:
-                # the database is away: wait and retry the same rows; nothing is dropped
-                attempt += 1
-                self.retries += 1
-                ceiling = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 20))
-                delay = ceiling / 2 + self.rng.uniform(0, ceiling / 2)
-                log.warning("store_write_retry", attempt=attempt, delay_s=round(delay, 3),
-                            rows=len(sample_rows), reason=str(error.orig)[:200])
-                time.sleep(delay)
-
-    def _write_one_by_one(self, sample_rows: list[tuple[Any, ...]],
-                          transition_rows: list[tuple[Any, ...]], offset: int) -> None:
-        for sql, rows in ((self._samples_sql, sample_rows),
-                          (self._transitions_sql, transition_rows)):
-            for row in rows:
-                try:
-                    with self.engine.begin() as conn:
-                        conn.exec_driver_sql(sql, row)
-                    self.written_rows += 1
-                except (DataError, IntegrityError, ProgrammingError) as error:
-                    self.failed_rows += 1
-                    log.error("store_row_refused", row=repr(row)[:200],
-                              reason=str(error.orig)[:200])
-        with self.engine.begin() as conn:
-            conn.execute(_upsert_progress(self.dialect, offset))
-
-    def flush(self) -> None:
-        """Wait until everything queued so far is written."""
-        self.queue.join()
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self.queue.put(None)
-            self._thread.join()
-        self._stopped.set()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _insert_ignore(dialect: str, table: Any) -> Any:
@@ -420,26 +309,6 @@ def _insert_ignore(dialect: str, table: Any) -> Any:
         return pg_insert(table).on_conflict_do_nothing()
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
     return sqlite_insert(table).on_conflict_do_nothing()
-
-
-def _insert_ignore_sql(dialect: str, table: str, columns: Sequence[str],
-                      on_conflict: str = "DO NOTHING") -> str:
-    """Raw SQL for the bulk inserts: the driver's executemany on tuples is several times
-    cheaper per row than Core's dict parameters, and these are the hot writes."""
-    mark = "?" if dialect == "sqlite" else "%s"
-    names = ", ".join(f'"{c}"' for c in columns)
-    return (f"INSERT INTO {table} ({names}) VALUES ({', '.join(mark for _ in columns)}) "
-            f"ON CONFLICT {on_conflict}")
-
-
-def _upsert_progress(dialect: str, offset: int) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-        pg = pg_insert(schema.progress).values(name="cleaned", value=offset)
-        return pg.on_conflict_do_update(index_elements=["name"], set_={"value": offset})
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-    lite = sqlite_insert(schema.progress).values(name="cleaned", value=offset)
-    return lite.on_conflict_do_update(index_elements=["name"], set_={"value": offset})
 
 
 def _redact(url: str) -> str:
