@@ -46,7 +46,15 @@ def shards(request: pytest.FixtureRequest) -> int:
     return int(request.param)
 
 
+@pytest.fixture(params=["simpleSystemBase", "multiprocTCPBase"], ids=["embedded", "procs"])
+def system(request: pytest.FixtureRequest) -> str:
+    """The actor-system base: embedded (one process), or one process per shard host."""
+    return str(request.param)
+
+
 @pytest.fixture
-def fleet(model: FleetModel, clock: VirtualClock, shards: int) -> Iterator[Fleet]:
-    with Fleet(model, clock=clock, shards=shards) as running:
+def fleet(model: FleetModel, clock: VirtualClock, shards: int, system: str) -> Iterator[Fleet]:
+    """The behavioural suite's fleet, on every hosting: 1 or 2 shards, embedded or in
+    processes of their own."""
+    with Fleet(model, clock=clock, shards=shards, system=system) as running:
         yield running

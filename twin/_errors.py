@@ -16,7 +16,11 @@ class UnknownAsset(TwinError, ValueError):
 
     def __init__(self, asset_id: str, hint: str = "") -> None:
         self.asset_id = asset_id
+        self.hint = hint
         super().__init__(f"unknown asset {asset_id!r}{hint}")
+
+    def __reduce__(self) -> tuple[type[UnknownAsset], tuple[str, str]]:
+        return (UnknownAsset, (self.asset_id, self.hint))     # it may cross a process
 
 
 class UnknownPath(TwinError, ValueError):
@@ -24,7 +28,11 @@ class UnknownPath(TwinError, ValueError):
 
     def __init__(self, path: str, hint: str = "") -> None:
         self.path = path
+        self.hint = hint
         super().__init__(f"unknown path {path!r}{hint}")
+
+    def __reduce__(self) -> tuple[type[UnknownPath], tuple[str, str]]:
+        return (UnknownPath, (self.path, self.hint))
 
 
 class InvalidCommand(TwinError, ValueError):
@@ -45,6 +53,9 @@ class AssetUnavailable(TwinError):
         seen = "never reported" if last_seen is None else f"last seen at {last_seen:.3f}"
         super().__init__(f"asset {asset_id!r} is {state} ({seen}); commands need it online")
 
+    def __reduce__(self) -> tuple[type[AssetUnavailable], tuple[str, str, float | None]]:
+        return (AssetUnavailable, (self.asset_id, self.state, self.last_seen))
+
 
 class IngestError(TwinError, ValueError):
     """A batch could not be read as a whole (not msgpack, wrong version, wrong shape).
@@ -56,3 +67,18 @@ class IngestError(TwinError, ValueError):
 
 class FleetClosed(TwinError):
     """The fleet was used after ``close()``."""
+
+
+class ShardDown(TwinError):
+    """A shard host (a process holding some sites' asset actors) is down: restarting, or
+    failed for good after too many restarts. Its assets count as ``unknown`` meanwhile."""
+
+    def __init__(self, index: int, status: str, reason: str = "") -> None:
+        self.index = index
+        self.status = status
+        self.reason = reason
+        why = f": {reason}" if reason else ""
+        super().__init__(f"shard {index} is {status}{why}")
+
+    def __reduce__(self) -> tuple[type[ShardDown], tuple[int, str, str]]:
+        return (ShardDown, (self.index, self.status, self.reason))

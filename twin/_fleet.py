@@ -38,8 +38,10 @@ from twin._errors import (
     FleetClosed,
     IngestError,
     InvalidCommand,
+    ShardDown,
     TwinError,
 )
+from twin._failover import Failover
 from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
 from twin._metrics import exposition, registry_for
 from twin._model import FleetModel
@@ -51,7 +53,7 @@ from twin._shard import ShardConfig, ShardOutput, Transition, partial_key
 from twin._store import Store, StoreBusy, StoreUnavailable
 from twin._tree import RollupTree
 from twin._views import AssetView, CommandReceipt
-from twin.wire import pack_batch, sample_error, unpack_batch
+from twin.wire import pack_batch, pack_rows, sample_error, unpack_batch
 
 log = structlog.get_logger("twin.fleet")
 
@@ -88,14 +90,18 @@ class PendingChange:
     change: Change
 
 
-class Fleet(Recovery):
+class Fleet(Recovery, Failover):
     """A running fleet: one actor per asset under supervisor trees, with live roll-ups.
 
     ``Fleet(model)`` runs embedded, in this process, on Thespian's ``simpleSystemBase``.
     ``shards`` splits the sites over several shard hosts (placement by site, balanced by
-    asset count). ``supervision`` is the policy of each site's supervisor over its assets;
-    ``site_supervision`` that of each shard's supervisor over its sites. ``command_sink`` is
-    called with ``(asset_id, desired)`` for every accepted command (the transport to devices).
+    asset count). ``system="multiprocTCPBase"`` runs each shard host in its own process,
+    watched by a supervisor that restarts it (``shard_restart`` is that policy) and refills it
+    from the store's snapshot and log; ``admin_port`` is the port of the fleet's own actor
+    system (default: a free one). ``supervision`` is the policy of each site's supervisor
+    over its assets; ``site_supervision`` that of each shard's supervisor over its sites.
+    ``command_sink`` is called with ``(asset_id, desired)`` for every accepted command (the
+    transport to devices).
     """
 
     def __init__(self, model: FleetModel, *, clock: Clock | None = None,
@@ -106,7 +112,9 @@ class Fleet(Recovery):
                  seed: int = 0, tick_interval_s: float = 0.5, resend_every_s: float = 60.0,
                  transitions_kept: int = 1000, call_timeout_s: float = 60.0,
                  store: str | Store | None = None, snapshot_every_s: float = 300.0,
-                 snapshot_every_batches: int = 2000) -> None:
+                 snapshot_every_batches: int = 2000,
+                 shard_restart: SupervisionPolicy | None = None,
+                 admin_port: int | None = None) -> None:
         if not isinstance(model, FleetModel):
             raise TypeError(f"Fleet needs a FleetModel, got {type(model).__name__}")
         if shards < 1:
@@ -126,23 +134,27 @@ class Fleet(Recovery):
         self._counters: dict[str, int] = {f"samples_{name}": 0 for name in OUTCOMES}
         self._counters.update(batches=0, batch_bytes=0, transitions=0, callback_errors=0,
                               model_changes=0, scheduled_change_failures=0, snapshots=0,
-                              replayed_batches=0, replayed_samples=0, batches_refused=0)
+                              replayed_batches=0, replayed_samples=0, batches_refused=0,
+                              shard_downs=0, shard_recoveries=0)
         self._transition_counts: dict[str, int] = {}
         self._unsaved: list[Transition] = []          # transitions not yet handed to the store
         self._replaying = False
         self._persist: Persistence | None = None
         self._tree = RollupTree(self.clock.now)
         self._registry = registry_for(self.metrics)
-        self._hosting = Hosting(system, shards, call_timeout_s)
+        self._hosting = Hosting(system, shards, call_timeout_s, restart_policy=shard_restart,
+                                seed=seed, admin_port=admin_port)
         self._shards: list[ShardClient] = self._hosting.shards
+        self._down: dict[int, str] = {}                 # shard index → why it is down
         self._site_shard: dict[str, int] = {}
         self._direct: dict[str, tuple[str, ...]] = {}   # asset id → groups listing it directly
         try:
             policy = supervision or SupervisionPolicy()
             site_policy = site_supervision or SupervisionPolicy(max_restarts=3, within_s=600.0)
+            self._configs = [ShardConfig(shard.index, model.defaults, model.kinds, policy,
+                                         site_policy, seed) for shard in self._shards]
             for shard in self._shards:
-                shard.configure(ShardConfig(shard.index, model.defaults, model.kinds, policy,
-                                            site_policy, seed))
+                shard.configure(self._configs[shard.index])
             self._build()
             if store is not None:
                 self._persist = Persistence(store if isinstance(store, Store) else Store(store),
@@ -172,15 +184,20 @@ class Fleet(Recovery):
             load[index] += len(site.assets) or 1
         self._direct = self._direct_memberships()
         for shard in self._shards:
-            site_ids = [s for s, i in self._site_shard.items() if i == shard.index]
-            for site_id in site_ids:
-                shard.call("add_site", site_id)
-            specs = [spec for site_id in site_ids for spec in model.sites[site_id].assets.values()]
-            direct = {a: g for a, g in self._direct.items() if a in model.assets and
-                      self._site_shard[model.assets[a].site] == shard.index}
-            shard.call("add_assets", specs, direct)
+            self._populate(shard)
         self._tree.wire(model, self._partial_leaves())
         self._collect_all()
+
+    def _populate(self, shard: ShardClient) -> None:
+        """Create the actors of every asset placed on ``shard`` (fresh: state comes later)."""
+        model = self.model
+        site_ids = [s for s, i in self._site_shard.items() if i == shard.index]
+        for site_id in site_ids:
+            shard.call("add_site", site_id)
+        specs = [spec for site_id in site_ids for spec in model.sites[site_id].assets.values()]
+        direct = {a: g for a, g in self._direct.items() if a in model.assets and
+                  self._site_shard[model.assets[a].site] == shard.index}
+        shard.call("add_assets", specs, direct)
 
     def _direct_memberships(self) -> dict[str, tuple[str, ...]]:
         direct: dict[str, list[str]] = {}
@@ -271,6 +288,8 @@ class Fleet(Recovery):
         (shard by shard) when a store wants them."""
         storing = self._persist is not None
         parts: list[tuple[list[Sample], bytes]] = []
+        if not self._hosting.embedded:
+            return self._run_batch_parallel(now, clean, indices, report)
         if len(self._shards) == 1:
             out = self._shards[0].call("ingest", now, clean, indices, storing)
             self._absorb(out, report)
@@ -278,6 +297,35 @@ class Fleet(Recovery):
         else:
             for shard, (part, part_indices) in self._route(clean, indices, report).items():
                 out = shard.call("ingest", now, part, part_indices, storing)
+                self._absorb(out, report)
+                parts.append((part, out.outcomes or b""))
+        return parts
+
+    def _run_batch_parallel(self, now: float, clean: list[Sample], indices: list[int] | None,
+                            report: IngestReport) -> list[tuple[list[Sample], bytes]]:
+        """:meth:`_run_batch` over shard processes: every shard gets its part (msgpack rows)
+        at once and they work in parallel. The part of a shard that is down is held: with a
+        store it is in the log and applied when the shard is back (``deferred``), without
+        one it is rejected."""
+        storing = self._persist is not None
+        calls: list[tuple[int, str, tuple[Any, ...]]] = []
+        sent: list[tuple[int, list[Sample], list[int]]] = []
+        for shard, (part, part_indices) in self._route(clean, indices, report).items():
+            if shard.index in self._down:
+                self._hold(shard.index, part, part_indices, report)
+                continue
+            calls.append((shard.index, "ingest_rows",
+                          (now, pack_rows(part), part_indices, storing)))
+            sent.append((shard.index, part, part_indices))
+        parts: list[tuple[list[Sample], bytes]] = []
+        for (index, part, part_indices), out in zip(
+                sent, self._hosting.call_many(calls, return_errors=True), strict=True):
+            if isinstance(out, ShardDown):
+                self._mark_down(index, out.reason or out.status)
+                self._hold(index, part, part_indices, report)
+            elif isinstance(out, BaseException):
+                raise out
+            else:
                 self._absorb(out, report)
                 parts.append((part, out.outcomes or b""))
         return parts
@@ -339,9 +387,24 @@ class Fleet(Recovery):
                 self._unsaved.extend(output.transitions)
         self._tree.absorb(output.summaries)
 
+    def _call_up(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> list[tuple[int, Any]]:
+        """Run calls on shards (in parallel when they are processes); a shard found dead is
+        marked down and left out of the answer, any other error is raised."""
+        values = []
+        for (index, _, _), value in zip(calls, self._hosting.call_many(calls, return_errors=True),
+                                        strict=True):
+            if isinstance(value, ShardDown):
+                self._mark_down(index, value.reason or value.status)
+            elif isinstance(value, BaseException):
+                raise value
+            else:
+                values.append((index, value))
+        return values
+
     def _collect_all(self, full: bool = False) -> None:
         for shard in self._shards:
-            self._absorb(shard.call("collect", full))
+            if shard.index not in self._down:
+                self._absorb(shard.call("collect", full))
         self._notify()
 
     # -- time -----------------------------------------------------------------------------
@@ -370,14 +433,18 @@ class Fleet(Recovery):
             self._tick(self.clock.now())
 
     def _tick(self, now: float) -> None:
+        if not self._hosting.embedded and not self._replaying:
+            self._watch_shards(now)
         self._fire_scheduled(now)
         full = now - self._last_resend >= self._resend_every_s
         if full:
             self._last_resend = now
-        for shard in self._shards:
-            self._absorb(shard.call("tick", now))
-            if full:
-                self._absorb(shard.call("collect", True))
+        up = [shard.index for shard in self._shards if shard.index not in self._down]
+        calls = [(i, "tick", (now,)) for i in up]
+        if full:
+            calls += [(i, "collect", (True,)) for i in up]
+        for _, out in self._call_up(calls):
+            self._absorb(out)
         if self._persist is not None and self._unsaved and not self._replaying:
             self._persist.derived(self._persist.last_offset, now, [], self._unsaved)
             self._unsaved = []
@@ -407,6 +474,8 @@ class Fleet(Recovery):
             return {p: self._tree.lookup(p).snapshot() for p in self._tree.paths(level)}
 
     def asset(self, asset_id: str) -> AssetView:
+        """The asset's three views (expected, desired, reported), state and data quality;
+        :class:`ShardDown` while the process holding it is down."""
         with self._lock:
             self._check_open()
             spec = self.model.asset(asset_id)
@@ -432,7 +501,8 @@ class Fleet(Recovery):
         with self._lock:
             self._check_open()
             out: dict[str, Any] = dict(self._counters)
-            shards = [shard.call("metrics") for shard in self._shards]
+            shards = [m for _, m in self._call_up([(s.index, "metrics", ()) for s in self._shards
+                                                    if s.index not in self._down])]
             for key in ("failures", "restarts", "quarantines", "escalations"):
                 out[f"supervisor_{key}"] = sum(s[key] for s in shards)
             out["assets"] = sum(s["assets"] for s in shards)
@@ -450,7 +520,9 @@ class Fleet(Recovery):
                            store_write_seconds=writer.write_seconds,
                            store_log_offset=self._persist.last_offset)
             out["liveness_timer_arms"] = sum(s["wheel_arms"] for s in shards)
-            out["shards"] = len(shards)
+            out["shards"] = len(self._shards)
+            out["shards_down"] = len(self._down)
+            out["shard_restarts"] = sum(s.restarts for s in self._shard_states)
             out["subscriptions"] = sum(len(v) for v in self._subs.values())
             out["pending_changes"] = len(self._pending)
             out["model_version"] = self.model.version
@@ -518,6 +590,11 @@ class Fleet(Recovery):
             self._check_open()
             now = self.clock.now()
             when = now if effective is None else float(effective)
+            if when <= now:
+                for index, reason in self._down.items():
+                    # a shard that is down cannot follow the change; it waits for nobody
+                    raise ShardDown(index, "down", f"{reason}; model changes wait until every "
+                                    "shard is up")
             if when > now:
                 scheduled_id = (self._persist.schedule(when, change_to_dict(change))
                                 if self._persist is not None else None)
@@ -537,6 +614,8 @@ class Fleet(Recovery):
             return [PendingChange(when, change) for when, _, change, _ in self._pending]
 
     def _fire_scheduled(self, now: float) -> None:
+        if self._down:
+            return                     # applied once every shard is up again
         while self._pending and self._pending[0][0] <= now:
             when, _, change, scheduled_id = self._pending.pop(0)
             try:
@@ -635,7 +714,10 @@ class Fleet(Recovery):
     # -- lifecycle ------------------------------------------------------------------------
 
     def _shard_of(self, asset_id: str) -> ShardClient:
-        return self._shards[self._site_shard[self.model.asset(asset_id).site]]
+        index = self._site_shard[self.model.asset(asset_id).site]
+        if index in self._down:
+            raise ShardDown(index, "down", self._down[index])
+        return self._shards[index]
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,143 +1,205 @@
 """Thespian hosting: the fleet supervisor and shard hosts as Thespian actors.
 
-Thespian's camelCase API and its message conventions stay inside this module. A shard host
-is a Thespian actor holding one :class:`twin._shard.Shard` (thousands of lightweight asset
-actors); the fleet supervisor is the Thespian actor that creates the shard hosts (and, on the
-multi-process bases, will watch them through ``ChildActorExited``).
+Thespian's camelCase API and its message conventions stay inside this module (and
+:mod:`twin._host_actors`). A shard host is a Thespian actor holding one
+:class:`twin._shard.Shard` (thousands of lightweight asset actors); the fleet supervisor is the
+Thespian actor that creates the shard hosts and, on the multi-process bases, watches them
+(``ChildActorExited``) and restarts them with backoff and a restart intensity.
 
-Calls are ``ShardCall(method, args)`` answered by ``ShardReply``. A shard host never lets an
-exception escape ``receiveMessage``: Thespian would retry the message (applying a batch twice)
-and then turn it into a ``PoisonMessage``; the error travels back in the reply instead.
+Calls are ``ShardCall(call_id, method, args)`` answered by ``ShardReply``. A shard host never
+lets an exception escape ``receiveMessage``: Thespian would retry the message (applying a batch
+twice) and then turn it into a ``PoisonMessage``; the error travels back in the reply instead.
+
+Embedded (``simpleSystemBase``) calls are synchronous asks in the caller's thread. On the
+multi-process bases the facade *tells* every shard of a round its call and then listens for
+the replies, so shards work in parallel; while it waits it asks the supervisor whether a shard
+it waits for has died (an ask to a dead actor would otherwise wait for its whole timeout).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from thespian.actors import Actor, ActorAddress, ActorExitRequest, ActorSystem
+from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
-from twin._errors import TwinError
-from twin._shard import Shard, ShardConfig
+from supervisors import SupervisionPolicy
+from twin._errors import ShardDown, TwinError
+from twin._host_actors import (
+    FleetSupervisor,
+    ShardCall,
+    ShardRecovered,
+    ShardReply,
+    ShardsStarted,
+    ShardState,
+    StartShards,
+    StatusReply,
+    StatusRequest,
+)
+from twin._shard import ShardConfig
 
 EMBEDDED_BASE = "simpleSystemBase"
+MULTIPROC_BASES = ("multiprocTCPBase", "multiprocQueueBase", "multiprocUDPBase")
 
-
-@dataclass(frozen=True, slots=True)
-class ShardCall:
-    method: str
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ShardReply:
-    value: Any = None
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartShards:
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShardsStarted:
-    addresses: tuple[Any, ...]
-
-
-# Methods of Shard a host lets callers invoke.
-_CALLABLE = frozenset({
-    "add_site", "add_assets", "ingest", "tick", "command", "inject_fault", "release",
-    "asset_view", "decommission", "move_local", "export_asset", "import_asset", "collect",
-    "next_due", "metrics", "snapshot", "restore", "restore_desired",
-})
-
-
-class ShardHost(Actor):  # type: ignore[misc]
-    """A Thespian actor that holds one shard of asset actors."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.shard: Shard | None = None
-
-    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
-        if isinstance(message, ShardConfig):
-            self.shard = Shard(message)
-            self.send(sender, ShardReply(value=message.index))
-        elif isinstance(message, ShardCall):
-            self.send(sender, self._call(message))
-
-    def _call(self, call: ShardCall) -> ShardReply:
-        if self.shard is None:
-            return ShardReply(error=TwinError("shard host used before it was configured"))
-        if call.method not in _CALLABLE:
-            return ShardReply(error=TwinError(f"shard has no call {call.method!r}"))
-        try:
-            return ShardReply(value=getattr(self.shard, call.method)(*call.args))
-        except Exception as error:  # returned, never raised into Thespian (see module doc)
-            return ShardReply(error=error)
-
-
-class FleetSupervisor(Actor):  # type: ignore[misc]
-    """The Thespian actor at the top: it creates the shard hosts."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.shards: list[ActorAddress] = []
-
-    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
-        if isinstance(message, StartShards):
-            while len(self.shards) < message.count:
-                self.shards.append(self.createActor(ShardHost))
-            self.send(sender, ShardsStarted(tuple(self.shards)))
+# How often a waiting facade asks the supervisor whether the shards it waits for are alive.
+_LIVENESS_POLL_S = 0.2
 
 
 class ShardClient:
     """Typed calls from the fleet facade to one shard host."""
 
-    def __init__(self, system: ActorSystem, address: ActorAddress, index: int,
-                 timeout_s: float) -> None:
-        self._system = system
-        self.address = address
+    def __init__(self, hosting: Hosting, index: int) -> None:
+        self._hosting = hosting
         self.index = index
-        self.timeout_s = timeout_s
 
     def configure(self, config: ShardConfig) -> None:
-        self._ask(config)
+        self._hosting.configure(self.index, config)
 
     def call(self, method: str, *args: Any) -> Any:
-        return self._ask(ShardCall(method, args))
-
-    def _ask(self, message: Any) -> Any:
-        reply = self._system.ask(self.address, message, self.timeout_s)
-        if reply is None:
-            raise TwinError(f"shard {self.index} did not answer within {self.timeout_s:g}s")
-        if not isinstance(reply, ShardReply):
-            raise TwinError(f"shard {self.index} answered {reply!r}")
-        if reply.error is not None:
-            raise reply.error
-        return reply.value
+        return self._hosting.call_many([(self.index, method, args)])[0]
 
 
 class Hosting:
     """The actor system of one fleet, its supervisor and its shard hosts."""
 
-    def __init__(self, system_base: str, shards: int, timeout_s: float = 60.0) -> None:
-        if system_base != EMBEDDED_BASE:
-            raise TwinError(f"system {system_base!r} is not supported yet; use "
-                            f"{EMBEDDED_BASE!r} (the embedded default)")
-        self.system = ActorSystem(system_base, transientUnique=True)
+    def __init__(self, system_base: str, shards: int, timeout_s: float = 60.0, *,
+                 restart_policy: SupervisionPolicy | None = None, seed: int = 0,
+                 admin_port: int | None = None) -> None:
+        if system_base != EMBEDDED_BASE and system_base not in MULTIPROC_BASES:
+            raise TwinError(f"system {system_base!r} is not supported; use {EMBEDDED_BASE!r} "
+                            f"(embedded, the default) or one of {', '.join(MULTIPROC_BASES)}")
+        self.embedded = system_base == EMBEDDED_BASE
+        self.timeout_s = timeout_s
+        self.admin_port = None if self.embedded else (admin_port or free_port())
+        capabilities = {} if self.embedded else {"Admin Port": self.admin_port}
+        self.system = ActorSystem(system_base, capabilities, transientUnique=True)
+        self._next_id = 0
+        self.pids: dict[int, int] = {}
+        self.generations = [0] * shards
+        policy = restart_policy or SupervisionPolicy(max_restarts=5, within_s=60.0,
+                                                     backoff_base_s=0.2, backoff_max_s=5.0)
         try:
             self.supervisor = self.system.createActor(FleetSupervisor)
-            started = self.system.ask(self.supervisor, StartShards(shards), timeout_s)
+            start = StartShards(shards, policy, seed, os.getpid(), self.admin_port, system_base)
+            started = self.system.ask(self.supervisor, start, timeout_s)
             if not isinstance(started, ShardsStarted):
                 raise TwinError(f"the fleet supervisor did not start its shards: {started!r}")
         except BaseException:
             self.system.shutdown()
             raise
-        self.shards = [ShardClient(self.system, address, i, timeout_s)
-                       for i, address in enumerate(started.addresses)]
+        self.addresses: list[ActorAddress] = list(started.addresses)
+        self.shards = [ShardClient(self, i) for i in range(shards)]
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def configure(self, index: int, config: ShardConfig) -> None:
+        self.pids[index] = self.call_many([(index, "configure", (config,))])[0]
+
+    def call_many(self, calls: Sequence[tuple[int, str, tuple[Any, ...]]],
+                  return_errors: bool = False) -> list[Any]:
+        """Run ``(shard index, method, args)`` calls, in parallel on the multi-process bases;
+        returns their values in order. An error (:class:`ShardDown` if a shard died) is
+        raised, the first one, or with ``return_errors`` put in the list in its call's place.
+        """
+        messages = []
+        for index, method, args in calls:
+            self._next_id += 1
+            messages.append((index, ShardCall(self._next_id, method, args)))
+        replies = (self._ask_each(messages) if self.embedded else self._exchange(messages))
+        values = []
+        for _, call in messages:
+            reply = replies[call.call_id]
+            if reply.error is not None and not return_errors:
+                raise reply.error
+            values.append(reply.value if reply.error is None else reply.error)
+        return values
+
+    def _ask_each(self, messages: list[tuple[int, ShardCall]]) -> dict[int, ShardReply]:
+        replies = {}
+        for index, call in messages:
+            reply = self.system.ask(self.addresses[index], call, self.timeout_s)
+            replies[call.call_id] = self._checked(index, reply)
+        return replies
+
+    def _checked(self, index: int, reply: Any) -> ShardReply:
+        if reply is None:
+            raise TwinError(f"shard {index} did not answer within {self.timeout_s:g}s")
+        if not isinstance(reply, ShardReply):
+            raise TwinError(f"shard {index} answered {reply!r}")
+        return reply
+
+    def _exchange(self, messages: list[tuple[int, ShardCall]]) -> dict[int, ShardReply]:
+        waiting = {call.call_id: index for index, call in messages}
+        for index, call in messages:
+            self.system.tell(self.addresses[index], call)
+        replies: dict[int, ShardReply] = {}
+        started = time.monotonic()
+        next_poll = started + _LIVENESS_POLL_S
+        status_id: int | None = None
+        while waiting:
+            now = time.monotonic()
+            if now - started > self.timeout_s:
+                raise TwinError(f"shard(s) {sorted(set(waiting.values()))} did not answer "
+                                f"within {self.timeout_s:g}s")
+            if status_id is None and now >= next_poll:
+                self._next_id += 1
+                status_id = self._next_id
+                self.system.tell(self.supervisor, StatusRequest(status_id))
+            message = self.system.listen(_LIVENESS_POLL_S)
+            if isinstance(message, ShardReply) and message.call_id in waiting:
+                del waiting[message.call_id]
+                replies[message.call_id] = message
+            elif isinstance(message, StatusReply) and message.call_id == status_id:
+                status_id = None
+                next_poll = time.monotonic() + _LIVENESS_POLL_S
+                for call_id, index in list(waiting.items()):
+                    state = message.shards[index]
+                    if state.status != "running" or state.generation != self.generations[index]:
+                        del waiting[call_id]
+                        replies[call_id] = ShardReply(call_id, error=ShardDown(
+                            index, state.status, state.reason))
+            # anything else is a late reply to a call that was given up on: dropped
+        return replies
+
+    # -- supervision ------------------------------------------------------------------------
+
+    def status(self) -> tuple[ShardState, ...]:
+        """Every shard's state as the supervisor sees it (embedded shards are always up)."""
+        if self.embedded:
+            return tuple(ShardState(i, addr, self.generations[i], "running")
+                         for i, addr in enumerate(self.addresses))
+        self._next_id += 1
+        call_id = self._next_id
+        self.system.tell(self.supervisor, StatusRequest(call_id))
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            message = self.system.listen(max(0.01, deadline - time.monotonic()))
+            if isinstance(message, StatusReply) and message.call_id == call_id:
+                return message.shards
+        raise TwinError(f"the fleet supervisor did not answer within {self.timeout_s:g}s")
+
+    def adopt(self, state: ShardState) -> None:
+        """Use the restarted shard host ``state`` describes (it is not configured yet)."""
+        self.addresses[state.index] = state.address
+        self.generations[state.index] = state.generation
+        self.pids.pop(state.index, None)
+
+    def recovered(self, index: int) -> None:
+        self.system.tell(self.supervisor, ShardRecovered(index, self.generations[index]))
 
     def shutdown(self) -> None:
-        self.system.tell(self.supervisor, ActorExitRequest())
-        self.system.shutdown()
+        try:
+            self.system.tell(self.supervisor, ActorExitRequest())
+        finally:
+            self.system.shutdown()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a fleet's own actor-system admin)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -78,6 +78,17 @@ class AssetSpec:
         view.update(self.attrs)
         return view
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # specs cross into shard processes; a mappingproxy does not pickle, a dict does
+        return (_spec, (self.id, self.kind, self.rated_kw, self.site, self.capacity_kwh,
+                        self.report_interval_s, self.offline_after_s, dict(self.attrs)))
+
+
+def _spec(asset_id: str, kind: str, rated_kw: float, site: str, capacity_kwh: float | None,
+          report_interval_s: float, offline_after_s: float, attrs: dict[str, Any]) -> AssetSpec:
+    return AssetSpec(asset_id, kind, rated_kw, site, capacity_kwh, report_interval_s,
+                     offline_after_s, MappingProxyType(attrs) if attrs else _EMPTY)
+
 
 class SiteNode:
     """A site: where it sits in the hierarchy and the assets it holds (by id, in order)."""

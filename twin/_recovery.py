@@ -16,7 +16,7 @@ import structlog
 
 from twin._changes import Change, ModelVersion, change_from_dict
 from twin._clock import Clock
-from twin._errors import TwinError
+from twin._errors import ShardDown, TwinError
 from twin._model import FleetModel
 from twin._persistence import Persistence
 from twin._samples import IngestReport, Sample
@@ -40,6 +40,7 @@ class Recovery:
     _persist: Persistence | None
     _shards: list[ShardClient]
     _counters: dict[str, int]
+    _down: dict[int, str]
     _unsaved: list[Transition]
     _replaying: bool
     _check_open: Callable[[], None]
@@ -66,6 +67,8 @@ class Recovery:
             self._check_open()
             if self._persist is None:
                 raise TwinError("snapshot() needs a store: Fleet(model, store=url)")
+            for index, reason in self._down.items():
+                raise ShardDown(index, "down", reason)
             self._take_snapshot(self.clock.now())
             return self._persist.last_offset
 
@@ -85,7 +88,8 @@ class Recovery:
                             "the fleet was first built from")
 
     def _maybe_snapshot(self, now: float) -> None:
-        if self._persist is not None and self._persist.snapshot_due(now):
+        # a shard that is down cannot give its actors' states: wait until it is back
+        if self._persist is not None and not self._down and self._persist.snapshot_due(now):
             self._take_snapshot(now)
 
     def _take_snapshot(self, now: float) -> None:

@@ -22,6 +22,7 @@ from twin._kinds import KindRegistry, Rejection
 from twin._model import AssetSpec, Defaults
 from twin._samples import OUTCOMES, QUARANTINED, REJECTED, Sample, SampleError
 from twin._states import STATE_NAMES
+from twin.wire import unpack_rows
 
 DEFERRED_CODE = OUTCOMES.index("deferred")
 
@@ -184,6 +185,28 @@ class Shard:
         out.counts = counts
         out.errors = errors
         out.outcomes = outcomes
+        return out
+
+    def ingest_rows(self, now: float, rows: bytes, indices: Sequence[int] | None = None,
+                    want_outcomes: bool = False) -> ShardOutput:
+        """:meth:`ingest` for samples packed by :func:`twin.wire.pack_rows` (how a batch
+        crosses into a shard host's process)."""
+        return self.ingest(now, unpack_rows(rows), indices, want_outcomes)
+
+    def replay(self, batches: Sequence[tuple[float, bytes]]) -> ShardOutput:
+        """Re-apply logged batches after a restart: for each ``(received_at, packed rows)``,
+        let time pass to its arrival, then ingest it. The reply is each batch's outcome codes
+        (the facade re-derives the store's rows from them)."""
+        transitions: list[Transition] = []
+        outcomes: list[bytes] = []
+        for received_at, rows in batches:
+            transitions.extend(self.tick(received_at).transitions)
+            out = self.ingest_rows(received_at, rows, None, True)
+            transitions.extend(out.transitions)
+            outcomes.append(bytes(out.outcomes or b""))
+        out = self.collect()
+        out.transitions = transitions + out.transitions
+        out.reply = outcomes
         return out
 
     def tick(self, now: float) -> ShardOutput:

@@ -112,6 +112,15 @@ class RollupTree:
                 self.kernel.tell(node, summary)
         self.kernel.run()
 
+    def forget_leaves(self, keys: Iterable[str]) -> None:
+        """Drop what these leaves last said (their shard went down, or came back with its
+        summary versions starting over), so their next summaries are taken as new."""
+        for key in keys:
+            node = self.leaf_target.get(key)
+            if node is not None:
+                self.kernel.tell(node, RemoveChild(key))
+        self.kernel.run()
+
     def _on_change(self, node: GroupActor) -> None:
         node.as_of = self._clock()
         self.changed.add(node)

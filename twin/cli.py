@@ -40,9 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("model", help="path of the model's JSON file")
     check.add_argument("--json", action="store_true", help="print the model back as JSON")
 
+    # the simulator and the live view register their own commands (imported here, not at
+    # module level: the cli sits above both in the import graph)
+    from sim.cli import add_parser as add_sim_command
+    from twin.web.cli import add_parser as add_serve_command
+
+    add_sim_command(commands)
+    add_serve_command(commands)
+
     args = parser.parse_args(argv)
     _log_to_stderr()
     try:
+        if hasattr(args, "run"):
+            code: int = args.run(args)
+            return code
         if args.command == "demo":
             from twin._demo import run_demo
 

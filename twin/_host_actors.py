@@ -1,0 +1,248 @@
+"""The Thespian actors of a fleet: shard hosts and the fleet supervisor over them.
+
+Protocol
+--------
+``StartShards``     facade → supervisor: create the shard hosts; answered by ``ShardsStarted``.
+``ShardCall``       facade → shard host: run a :class:`twin._shard.Shard` method (or
+                    ``configure``); answered by ``ShardReply`` carrying the value or the error.
+``StatusRequest``   facade → supervisor: answered by ``StatusReply`` (every shard's state).
+``ShardRecovered``  facade → supervisor: a restarted host has its state back; it is running.
+
+A shard host's process may die (killed, out of memory). Its supervisor hears it as Thespian's
+``ChildActorExited``, and restarts it after a backoff unless the restart intensity is exceeded;
+then it marks the shard ``failed`` and stops restarting (no restart storm). Re-filling a new
+host with its sites, snapshot and log is the facade's job: only it holds the model and store.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+from thespian.actors import (
+    Actor,
+    ActorAddress,
+    ActorExitRequest,
+    ChildActorExited,
+    WakeupMessage,
+)
+
+from supervisors import SupervisionPolicy, backoff_delay, record_restart
+from twin._errors import TwinError
+from twin._shard import Shard, ShardConfig
+
+log = structlog.get_logger("twin.hosting")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCall:
+    call_id: int
+    method: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReply:
+    call_id: int
+    value: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartShards:
+    count: int
+    policy: SupervisionPolicy
+    seed: int = 0
+    owner_pid: int | None = None      # the facade's process: when it is gone, so are we
+    admin_port: int | None = None
+    system_base: str = "multiprocTCPBase"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardsStarted:
+    addresses: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    call_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardState:
+    """A shard host as its supervisor sees it. ``status`` is ``running``, ``down`` (dead,
+    restart pending), ``restarting`` (a new host waits to be filled) or ``failed`` (restart
+    intensity exceeded: no more restarts)."""
+
+    index: int
+    address: Any
+    generation: int
+    status: str
+    restarts: int = 0
+    reason: str = ""
+    failures: tuple[float, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    call_id: int
+    shards: tuple[ShardState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecovered:
+    index: int
+    generation: int
+
+
+_WATCH_OWNER = "watch-owner"
+_OWNER_CHECK_S = 1.0
+_SHUTDOWN = ("from thespian.actors import ActorSystem; "
+             "ActorSystem({base!r}, {{'Admin Port': {port}}}).shutdown()")
+
+# Methods of Shard a host lets callers invoke.
+_CALLABLE = frozenset({
+    "add_site", "add_assets", "ingest", "ingest_rows", "tick", "command", "inject_fault",
+    "release", "asset_view", "decommission", "move_local", "export_asset", "import_asset",
+    "collect", "next_due", "metrics", "snapshot", "restore", "restore_desired", "replay",
+})
+
+
+def _portable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling (it may cross a process), else a TwinError saying it."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return TwinError(f"{type(error).__name__}: {error}")
+
+
+class ShardHost(Actor):  # type: ignore[misc]
+    """A Thespian actor that holds one shard of asset actors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shard: Shard | None = None
+
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, ShardCall):
+            self.send(sender, self._call(message))
+
+    def _call(self, call: ShardCall) -> ShardReply:
+        try:
+            if call.method == "configure":
+                config: ShardConfig = call.args[0]
+                self.shard = Shard(config)
+                return ShardReply(call.call_id, value=os.getpid())
+            if self.shard is None:
+                raise TwinError("shard host used before it was configured")
+            if call.method not in _CALLABLE:
+                raise TwinError(f"shard has no call {call.method!r}")
+            return ShardReply(call.call_id, value=getattr(self.shard, call.method)(*call.args))
+        except Exception as error:  # returned, never raised into Thespian (see module doc)
+            return ShardReply(call.call_id, error=_portable(error))
+
+
+class FleetSupervisor(Actor):  # type: ignore[misc]
+    """The Thespian actor at the top: creates, watches and restarts the shard hosts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.states: list[ShardState] = []
+        self.policy = SupervisionPolicy()
+        self.rng = random.Random(0)
+        self.closing = False
+        self.owner_pid: int | None = None
+        self.admin_port: int | None = None
+        self.system_base = "multiprocTCPBase"
+
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, StartShards):
+            self._start(message, sender)
+        elif isinstance(message, StatusRequest):
+            self.send(sender, StatusReply(message.call_id, tuple(self.states)))
+        elif isinstance(message, ChildActorExited):
+            self._exited(message.childAddress)
+        elif isinstance(message, WakeupMessage) and message.payload == _WATCH_OWNER:
+            self._watch_owner()
+        elif isinstance(message, WakeupMessage):
+            self._restart(*message.payload)
+        elif isinstance(message, ShardRecovered):
+            state = self.states[message.index]
+            if state.generation == message.generation and state.status == "restarting":
+                self.states[message.index] = replace(state, status="running")
+        elif isinstance(message, ActorExitRequest):
+            self.closing = True
+
+    def _start(self, message: StartShards, sender: ActorAddress) -> None:
+        self.policy = message.policy
+        self.rng = random.Random(message.seed)
+        while len(self.states) < message.count:
+            index = len(self.states)
+            self.states.append(ShardState(index, self.createActor(ShardHost), 0, "running"))
+        self.send(sender, ShardsStarted(tuple(s.address for s in self.states)))
+        self.owner_pid = message.owner_pid
+        self.admin_port = message.admin_port
+        self.system_base = message.system_base
+        if self.owner_pid is not None:
+            self.wakeupAfter(_OWNER_CHECK_S, payload=_WATCH_OWNER)
+
+    def _watch_owner(self) -> None:
+        """A fleet whose process was killed cannot close its actor system: without this its
+        shard processes would live on as orphans. Stop the whole system instead."""
+        assert self.owner_pid is not None
+        try:
+            os.kill(self.owner_pid, 0)
+        except ProcessLookupError:
+            log.error("fleet_process_gone", supervisor="fleet", reason="owner process exited",
+                      offender=f"pid-{self.owner_pid}", action="stop actor system")
+            self.closing = True
+            # what fleet.close() would have done, from outside the system (an actor cannot
+            # wait for its own system's shutdown): stop the fleet's actor system
+            subprocess.Popen([sys.executable, "-c", _SHUTDOWN.format(base=self.system_base,
+                                                                port=self.admin_port)],
+                             start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return
+        except PermissionError:
+            pass                                        # alive, another user's: not ours
+        self.wakeupAfter(_OWNER_CHECK_S, payload=_WATCH_OWNER)
+
+    def _exited(self, address: ActorAddress) -> None:
+        index = next((s.index for s in self.states if s.address == address), None)
+        if index is None or self.closing:
+            return
+        state = self.states[index]
+        if state.status in ("down", "failed"):
+            return
+        failures, exceeded = record_restart(state.failures, time.monotonic(),
+                                            self.policy.max_restarts, self.policy.within_s)
+        reason = "shard host process exited"
+        if exceeded:
+            self.states[index] = replace(state, status="failed", failures=failures,
+                                         reason=f"{reason}; restart intensity exceeded "
+                                                f"({self.policy.max_restarts} in "
+                                                f"{self.policy.within_s:g}s)")
+            log.error("shard_failed", supervisor="fleet", reason=reason,
+                      offender=f"shard-{index}", action="escalate")
+            return
+        delay = backoff_delay(len(failures), self.policy, self.rng)
+        self.states[index] = replace(state, status="down", failures=failures, reason=reason)
+        log.warning("shard_exited", supervisor="fleet", reason=reason, offender=f"shard-{index}",
+                    action="restart", delay_s=round(delay, 3))
+        self.wakeupAfter(max(delay, 0.001), payload=(index, state.generation))
+
+    def _restart(self, index: int, generation: int) -> None:
+        state = self.states[index]
+        if self.closing or state.generation != generation or state.status != "down":
+            return
+        self.states[index] = replace(state, address=self.createActor(ShardHost),
+                                     generation=generation + 1, status="restarting",
+                                     restarts=state.restarts + 1)
