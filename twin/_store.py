@@ -17,18 +17,16 @@ snapshot is taken only once the writer has caught up, so a restart replays the l
 newest snapshot's offset. Replays are idempotent (conflicting rows are ignored).
 
 On SQLite, the writes of this process and of the writer process take a shared file lock
-(``<database>-twinlock``) around their transactions, so that each waits exactly as long as
-the other's transaction lasts rather than polling in SQLite's busy handler.
+(:class:`twin._writer_process.FileLock`, ``<database>-twinlock``) around their transactions,
+so that each waits exactly as long as the other's transaction lasts.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from twin import _store_schema as schema
 from twin._errors import TwinError
 from twin._writer import StoreBusy, StoreUnavailable, Writer
+from twin._writer_process import FileLock
 
 log = structlog.get_logger("twin.store")
 
@@ -123,11 +122,11 @@ class Store:
             "dialect": self.dialect, "flush_rows": flush_rows,
             "flush_interval_s": flush_interval_s, "retry_base_s": retry_base_s,
             "retry_max_s": retry_max_s, "seed": seed, "chunk_rows": chunk_rows}
-        self._lock_fd: int | None = None
+        self._file_lock: FileLock | None = None
         if self.dialect == "sqlite":
             database = str(self.engine.url.database)
             lock_path = f"{database}-twinlock"
-            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._file_lock = FileLock(lock_path)
             config.update(database=database, busy_timeout_s=busy_timeout_s, lock_path=lock_path)
         else:
             _, params = self.engine.dialect.create_connect_args(self.engine.url)
@@ -140,17 +139,9 @@ class Store:
             self._release()
             raise
 
-    @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold the file lock shared with the writer process (SQLite only)."""
-        if self._lock_fd is None:
-            yield
-            return
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+    def _exclusive(self) -> AbstractContextManager[None]:
+        """Hold the lock shared with the writer process (SQLite only)."""
+        return self._file_lock.held() if self._file_lock is not None else nullcontext()
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -298,9 +289,9 @@ class Store:
         with self._log_lock:
             self._log_conn.close()
         self.engine.dispose()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._file_lock is not None:
+            self._file_lock.close()
+            self._file_lock = None
 
 
 def _insert_ignore(dialect: str, table: Any) -> Any:

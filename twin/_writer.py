@@ -160,22 +160,23 @@ class Writer:
             self._cond.notify_all()
 
     def _died(self, code: int) -> None:
-        now = time.monotonic()
-        while self._restarted_at and self._restarted_at[0] < now - self._restart_window_s:
-            self._restarted_at.popleft()
         reason = f"the store's writer process exited with code {code}"
-        if len(self._restarted_at) >= self._max_restarts:
-            log.error("store_writer_failed", reason=reason, restarts=len(self._restarted_at))
+        with self._send_lock:              # one restart at a time
+            now = time.monotonic()
+            while self._restarted_at and self._restarted_at[0] < now - self._restart_window_s:
+                self._restarted_at.popleft()
+            if len(self._restarted_at) >= self._max_restarts:
+                log.error("store_writer_failed", reason=reason, restarts=len(self._restarted_at))
+                with self._cond:
+                    self._failure = (f"{reason}, after {len(self._restarted_at)} restarts "
+                                     f"within {self._restart_window_s:g} s; derived rows are "
+                                     f"not written")
+                    self._cond.notify_all()
+                return
+            self._restarted_at.append(now)
             with self._cond:
-                self._failure = (f"{reason}, after {len(self._restarted_at)} restarts within "
-                                 f"{self._restart_window_s:g} s; derived rows are not written")
-                self._cond.notify_all()
-            return
-        self._restarted_at.append(now)
-        with self._cond:
-            in_flight = len(self._unacked)
-        log.error("store_writer_restarted", reason=reason, resent_batches=in_flight)
-        with self._send_lock:
+                in_flight = len(self._unacked)
+            log.error("store_writer_restarted", reason=reason, resent_batches=in_flight)
             self.restarts += 1
             self._start()
 
@@ -240,7 +241,6 @@ class Writer:
         """Wait until everything sent so far is committed."""
         target = self._sent
         if self._acked >= target:
-            self._check()
             return
         self._hurry()
         with self._cond:

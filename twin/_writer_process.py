@@ -21,11 +21,12 @@ import fcntl
 import os
 import random
 import select
+import signal
 import struct
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -178,6 +179,37 @@ class Channel:
             view = view[os.write(self.fd_out, view):]
 
 
+class FileLock:
+    """The lock around SQLite write transactions, shared by the fleet's process and the writer
+    process (``flock`` on ``<path>``, released by the kernel if its holder dies).
+
+    A waiter sleeps until the holder unlocks, instead of polling in SQLite's busy handler
+    (which sleeps 1, 2, 5, 10... ms between tries). A turnstile (``<path>-turn``) makes the
+    hand-over fair: whoever waits for the lock holds the turnstile, so the writer, between two
+    of its transactions, cannot take the lock again before the fleet's waiting log append.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.turn = os.open(f"{path}-turn", os.O_RDWR | os.O_CREAT, 0o644)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        fcntl.flock(self.turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(self.turn, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.turn)
+
+
 class Database:
     """The driver's connection, opened lazily and again after it was lost."""
 
@@ -185,8 +217,7 @@ class Database:
         self.dialect: str = config["dialect"]
         self.config = config
         self.conn: Any = None
-        self.lock_fd = (os.open(config["lock_path"], os.O_RDWR | os.O_CREAT, 0o644)
-                        if config.get("lock_path") else None)
+        self.lock = FileLock(config["lock_path"]) if config.get("lock_path") else None
         if self.dialect == "sqlite":
             import sqlite3
             self.driver: Any = sqlite3
@@ -225,13 +256,9 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """One write transaction. On SQLite it holds the file lock it shares with the
-        raw-log append: the append then waits exactly until this commit, instead of polling
-        in SQLite's busy handler (which sleeps 1, 2, 5, 10... ms between tries)."""
+        """One write transaction (on SQLite, holding the lock shared with the log append)."""
         conn = self.connect()
-        if self.lock_fd is not None:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
-        try:
+        with self.lock.held() if self.lock is not None else nullcontext():
             if self.dialect == "sqlite":
                 conn.execute("BEGIN IMMEDIATE")
             cursor = conn.cursor()
@@ -244,9 +271,6 @@ class Database:
             except BaseException:
                 self._rollback()
                 raise
-        finally:
-            if self.lock_fd is not None:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
 
     def _rollback(self) -> None:
         try:
@@ -412,6 +436,8 @@ class WriterProcess:
 
 
 def main() -> None:
+    # a terminal's Ctrl-C is for the fleet, which stops this process by closing its input
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd_in, fd_out = os.dup(0), os.dup(1)
     os.dup2(2, 1)                      # stray prints go to stderr, never into a frame
     devnull = os.open(os.devnull, os.O_RDONLY)
