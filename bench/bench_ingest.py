@@ -186,11 +186,10 @@ def main() -> None:
         print(" | ".join(f"{h:>26}" if i == 0 else f"{h:>14}" for i, h in enumerate(
             ["stage", *(f"{r['assets'] // 1000}k {r['store']}" for r in rows)])))
         for label in labels:
-            cells = [f"{r['stages_us_per_batch'].get(label, 0.0):,.0f}" for r in rows]
-            print(" | ".join([f"{label:>26}", *(f"{c:>14}" for c in cells)]))
-        cells = [f"{r['writer_us_per_batch']:,.0f}" if r["store"] != "none" else "-"
-                 for r in rows]
-        print(" | ".join([f"{'writer process: SQL':>26}", *(f"{c:>14}" for c in cells)]))
+            stage = [f"{r['stages_us_per_batch'].get(label, 0.0):,.0f}" for r in rows]
+            print(" | ".join([f"{label:>26}", *(f"{c:>14}" for c in stage)]))
+        sql = [f"{r['writer_us_per_batch']:,.0f}" if r["store"] != "none" else "-" for r in rows]
+        print(" | ".join([f"{'writer process: SQL':>26}", *(f"{c:>14}" for c in sql)]))
         opened, answered, closed = startup(f"sqlite:///{tmp}/startup.db")
         print(f"\nopening an SQLite store: {opened * 1000:.1f} ms, its writer process's first "
               f"answer {answered * 1000:.1f} ms later, closing {closed * 1000:.1f} ms")
