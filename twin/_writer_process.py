@@ -331,7 +331,7 @@ class WriterProcess:
                     samples = sample_rows(offset, received_at, rows, outcomes)
                 except Exception as error:     # a bug must not kill the writer
                     samples = []
-                    self.counts.failed += len(outcomes)
+                    self.counts.failed += sum(1 for code in outcomes if code in STORED)
                     self.log("error", "store_rows_unreadable", reason=repr(error)[:300],
                              offset=offset)
                 if not self.pending:
