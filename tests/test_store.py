@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
@@ -650,6 +651,40 @@ def test_a_blocked_writer_makes_ingest_refuse_a_batch_without_logging_or_applyin
     assert fleet.ingest([refused]).accepted == 1               # sent again: taken now
     fleet.flush()
     assert sample_rows(db)[-1][:3] == (refused.ts, "t-01", 0)
+
+
+def test_a_writer_stuck_in_the_database_with_megabytes_in_flight_still_gets_store_busy(
+        open_store: OpenStore, open_fleet: OpenFleet, db: Engine, store_url: str,
+        clock: VirtualClock) -> None:
+    """More bytes in flight than a pipe holds (1 MB): the writer process keeps reading its
+    input while its INSERT waits, so ingest refuses with StoreBusy rather than hanging."""
+    if backend_of(store_url) != "postgresql":
+        pytest.skip("needs a table lock that leaves the raw log writable (PostgreSQL)")
+    store = open_store(queue_batches=40, busy_timeout_s=0.5, flush_interval_s=0.01)
+    fleet = open_fleet(store)
+    t0 = clock.now() - 3000
+    batches = [pack_batch([Sample("t-01", t0 + k + i / 2000, {"power_kw": 1000.0 + i})
+                           for i in range(2000)], "gw", clock.now()) for k in range(60)]
+    assert sum(len(b) for b in batches[:40]) > 2**20
+    outcome: list[BaseException | int] = []
+
+    def ingest_all() -> None:
+        try:
+            for batch in batches:
+                fleet.ingest(batch)
+            outcome.append(len(batches))
+        except BaseException as error:       # handed to the test's thread
+            outcome.append(error)
+
+    with BlockedWriter(store, db):
+        worker = threading.Thread(target=ingest_all, daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "ingest hung on a full pipe instead of refusing"
+        assert len(outcome) == 1 and isinstance(outcome[0], StoreBusy), outcome
+        assert fleet.metrics()["store_queue_depth"] == 40
+    fleet.flush()
+    assert len(sample_rows(db)) == 40 * 2000
 
 
 def test_a_batch_the_log_could_not_take_changes_no_state_and_is_taken_when_sent_again(

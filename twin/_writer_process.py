@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import random
-import select
 import signal
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
@@ -126,31 +127,54 @@ class ParentGone(BaseException):     # not an Exception: nothing may catch it on
 
 
 class Channel:
-    """Frames in from the parent (non-blocking reads into a buffer), frames out to it."""
+    """Frames in from the parent, frames out to it.
+
+    A thread reads the input as it comes, even while the writer is inside a long database
+    call: the fleet's writes to the pipe then never block on a full pipe (which would hang
+    ``ingest`` instead of refusing the batch with ``StoreBusy``); what is buffered here is
+    bounded by the fleet's limit on batches in flight.
+    """
 
     def __init__(self, fd_in: int, fd_out: int) -> None:
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.parent = os.getppid()
         self.buffer = bytearray()
-        self.poller = select.poll()
-        self.poller.register(fd_in, select.POLLIN)
+        self.chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        threading.Thread(target=self._pump, name="twin-writer-input", daemon=True).start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd_in, 1 << 20)
+            except OSError:
+                chunk = b""
+            self.chunks.put(chunk)
+            if not chunk:
+                return                              # EOF: the parent is gone
+
+    def _add(self, chunk: bytes) -> None:
+        if not chunk:
+            raise ParentGone
+        self.buffer += chunk
 
     def wait(self, timeout_s: float) -> list[Any]:
         """Frames that arrive within ``timeout_s`` (all that are ready, if any)."""
-        if not self.poller.poll(max(0, int(timeout_s * 1000))):
+        try:
+            self._add(self.chunks.get(timeout=max(0.0, timeout_s)))
+        except queue.Empty:
             if os.getppid() != self.parent:
-                raise ParentGone
+                raise ParentGone from None
             return []
         return self.read_ready()
 
     def read_ready(self) -> list[Any]:
-        """Every frame that can be read without blocking."""
-        while self.poller.poll(0):
-            chunk = os.read(self.fd_in, 1 << 20)
-            if not chunk:
-                raise ParentGone
-            self.buffer += chunk
+        """Every frame that came in so far."""
+        while True:
+            try:
+                self._add(self.chunks.get_nowait())
+            except queue.Empty:
+                break
         frames: list[Any] = []
         buffer = self.buffer
         start = 0
@@ -417,7 +441,7 @@ class WriterProcess:
                     cursor.execute(self.progress_sql, (offset,))
             if last:
                 return
-            self.take(self.channel.read_ready())    # keep the pipe flowing between chunks
+            self.take(self.channel.read_ready())    # take what came in meanwhile
 
     def write_one_by_one(self, samples: list[tuple[Any, ...]],
                          transitions: list[tuple[Any, ...]], offset: int) -> None:
