@@ -97,7 +97,16 @@ def engine_for(url: str) -> Engine:
 
 
 class Store:
-    """One fleet's store. ``Store(url)`` creates the tables it needs."""
+    """One fleet's store. ``Store(url)`` creates the tables it needs and starts the writer
+    process (about 25 ms until it answers; nothing waits for that unless it must).
+
+    ``queue_batches``: batches in flight to the writer before ingest waits, then refuses;
+    ``flush_rows`` / ``flush_interval_s``: the writer writes when it holds this many rows or
+    its oldest is this old; ``chunk_rows``: rows per SQLite transaction (the longest a log
+    append waits for the writer); ``busy_timeout_s``: how long ingest waits for room, and the
+    writer for SQLite's lock, before giving up; ``retry_base_s`` / ``retry_max_s`` / ``seed``:
+    the writer's exponential backoff with jitter while the database is away.
+    """
 
     def __init__(self, url: str, *, queue_batches: int = 64, flush_rows: int = 20_000,
                  flush_interval_s: float = 0.2, busy_timeout_s: float = 10.0,
