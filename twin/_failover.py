@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("twin.fleet")
 
 _REPLAY_CHUNK = 64          # logged batches per replay call into a shard host
+_WATCH_EVERY_S = 0.1        # real time between two looks at the shard hosts' states
 
 
 class Failover:
@@ -71,6 +72,7 @@ class Failover:
 
     _shard_states: tuple[ShardState, ...] = ()
     _last_recovery_s: float | None = None
+    _last_watch: float = float("-inf")
 
     # -- what an operator sees --------------------------------------------------------------
 
@@ -88,7 +90,8 @@ class Failover:
                 if status == "restarting" or (status == "running" and i in self._down):
                     status = "recovering"
                 sites = [s for s, k in self._site_shard.items() if k == i]
-                out.append({"index": i, "status": status, "generation": state.generation,
+                out.append({"index": i, "node": state.node, "status": status,
+                            "generation": state.generation,
                             "restarts": state.restarts, "pid": self._hosting.pids.get(i),
                             "sites": len(sites),
                             "assets": sum(len(self.model.sites[s].assets) for s in sites),
@@ -104,6 +107,7 @@ class Failover:
         while True:
             with self._lock:
                 self._check_open()
+                self._last_watch = float("-inf")
                 self._tick(self.clock.now())
                 states = self.shards()
             if all(s["status"] in ("running", "failed") for s in states):
@@ -115,6 +119,12 @@ class Failover:
     # -- noticing ---------------------------------------------------------------------------
 
     def _watch_shards(self, now: float) -> None:
+        # a round trip to the supervisor: not on every tick of a busy fleet (a call to a dead
+        # shard finds out by itself, see Hosting._exchange)
+        polled = time.monotonic()
+        if polled - self._last_watch < _WATCH_EVERY_S:
+            return
+        self._last_watch = polled
         states = self._hosting.status()
         self._shard_states = states
         for state in states:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -98,8 +98,12 @@ class Fleet(Recovery, Failover):
     asset count). ``system="multiprocTCPBase"`` runs each shard host in its own process,
     watched by a supervisor that restarts it (``shard_restart`` is that policy) and refills it
     from the store's snapshot and log; ``admin_port`` is the port of the fleet's own actor
-    system (default: a free one). ``supervision`` is the policy of each site's supervisor
-    over its assets; ``site_supervision`` that of each shard's supervisor over its sites.
+    system (default: a free one). ``nodes`` places shard ``i`` on ``nodes[i % len(nodes)]``:
+    ``"local"`` is this machine, any other name a ``twin node --join HOST:ADMIN_PORT --name
+    NAME`` that joined (awaited up to ``join_timeout_s``); a node silent for
+    ``heartbeat_timeout_s`` is dead and its shards restart on the live ones.
+    ``supervision`` is the policy of each site's supervisor over its assets;
+    ``site_supervision`` that of each shard's supervisor over its sites.
     ``command_sink`` is called with ``(asset_id, desired)`` for every accepted command (the
     transport to devices).
     """
@@ -114,7 +118,8 @@ class Fleet(Recovery, Failover):
                  store: str | Store | None = None, snapshot_every_s: float = 300.0,
                  snapshot_every_batches: int = 2000,
                  shard_restart: SupervisionPolicy | None = None,
-                 admin_port: int | None = None) -> None:
+                 admin_port: int | None = None, nodes: Sequence[str] = (),
+                 join_timeout_s: float = 60.0, heartbeat_timeout_s: float = 5.0) -> None:
         if not isinstance(model, FleetModel):
             raise TypeError(f"Fleet needs a FleetModel, got {type(model).__name__}")
         if shards < 1:
@@ -143,7 +148,9 @@ class Fleet(Recovery, Failover):
         self._tree = RollupTree(self.clock.now)
         self._registry = registry_for(self.metrics)
         self._hosting = Hosting(system, shards, call_timeout_s, restart_policy=shard_restart,
-                                seed=seed, admin_port=admin_port)
+                                seed=seed, admin_port=admin_port, nodes=nodes,
+                                join_timeout_s=join_timeout_s,
+                                heartbeat_timeout_s=heartbeat_timeout_s)
         self._shards: list[ShardClient] = self._hosting.shards
         self._down: dict[int, str] = {}                 # shard index → why it is down
         self._site_shard: dict[str, int] = {}

@@ -7,11 +7,21 @@ Protocol
                     ``configure``); answered by ``ShardReply`` carrying the value or the error.
 ``StatusRequest``   facade → supervisor: answered by ``StatusReply`` (every shard's state).
 ``ShardRecovered``  facade → supervisor: a restarted host has its state back; it is running.
+``Ping``/``Pong``    supervisor ↔ shard hosts on other nodes: heartbeats (see below).
 
 A shard host's process may die (killed, out of memory). Its supervisor hears it as Thespian's
 ``ChildActorExited``, and restarts it after a backoff unless the restart intensity is exceeded;
 then it marks the shard ``failed`` and stops restarting (no restart storm). Re-filling a new
 host with its sites, snapshot and log is the facade's job: only it holds the model and store.
+
+Nodes: other machines run ``twin node --join`` (an actor system that joins the fleet's, the
+convention leader, with the capability ``twin.node=<name>``). A shard is placed on a node
+explicitly by that unique capability (Thespian's own choice among matching systems does not
+balance). Thespian sends no ``ChildActorExited`` for a child on another node and notices a dead
+node only after several re-registration periods, so the supervisor pings its remote hosts
+every ``heartbeat_s``; one silent for ``heartbeat_timeout_s``, or on a node that left the
+convention, is dead, and is restarted on a live node (its own if it is back, else the one
+holding the fewest shards).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from thespian.actors import (
     Actor,
     ActorAddress,
     ActorExitRequest,
+    ActorSystemConventionUpdate,
     ChildActorExited,
     WakeupMessage,
 )
@@ -63,6 +74,27 @@ class StartShards:
     owner_pid: int | None = None      # the facade's process: when it is gone, so are we
     admin_port: int | None = None
     system_base: str = "multiprocTCPBase"
+    placement: tuple[str, ...] = ()   # node name per shard (empty: all local)
+    join_timeout_s: float = 60.0
+    heartbeat_s: float = 0.5
+    heartbeat_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    index: int          # echoed back: a remote actor's address as its parent holds it is not
+    generation: int     # always equal to the sender address its replies carry
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    index: int
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +120,7 @@ class ShardState:
     restarts: int = 0
     reason: str = ""
     failures: tuple[float, ...] = field(default=(), repr=False)
+    node: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +135,11 @@ class ShardRecovered:
     generation: int
 
 
+LOCAL = "local"                # the node name of the fleet's own actor system
+NODE_CAPABILITY = "twin.node"
 _WATCH_OWNER = "watch-owner"
+_HEARTBEAT = "heartbeat"
+_JOIN_TIMEOUT = "join-timeout"
 _OWNER_CHECK_S = 1.0
 _SHUTDOWN = ("from thespian.actors import ActorSystem; "
              "ActorSystem({base!r}, {{'Admin Port': {port}}}).shutdown()")
@@ -131,9 +168,18 @@ class ShardHost(Actor):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.shard: Shard | None = None
 
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any],
+                                   requirements: dict[str, Any]) -> bool:
+        """Placement by a unique capability per node: only the named node matches."""
+        wanted = (requirements or {}).get(NODE_CAPABILITY)
+        return wanted is None or capabilities.get(NODE_CAPABILITY) == wanted
+
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, ShardCall):
             self.send(sender, self._call(message))
+        elif isinstance(message, Ping):
+            self.send(sender, Pong(message.index, message.generation))
 
     def _call(self, call: ShardCall) -> ShardReply:
         try:
@@ -162,6 +208,10 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         self.owner_pid: int | None = None
         self.admin_port: int | None = None
         self.system_base = "multiprocTCPBase"
+        self.start = StartShards(0, self.policy)
+        self.pending: ActorAddress | None = None       # who waits for StartShards' answer
+        self.nodes: dict[str, Any] = {}                # remote nodes in the convention
+        self.last_pong: dict[int, float] = {}          # shard index → when it last answered
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, StartShards):
@@ -172,6 +222,16 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
             self._exited(message.childAddress)
         elif isinstance(message, WakeupMessage) and message.payload == _WATCH_OWNER:
             self._watch_owner()
+        elif isinstance(message, WakeupMessage) and message.payload == _HEARTBEAT:
+            self._heartbeat()
+        elif isinstance(message, WakeupMessage) and message.payload == _JOIN_TIMEOUT:
+            self._join_timeout()
+        elif isinstance(message, Pong):
+            if (message.index < len(self.states) and
+                    self.states[message.index].generation == message.generation):
+                self.last_pong[message.index] = time.monotonic()
+        elif isinstance(message, ActorSystemConventionUpdate):
+            self._convention(message)
         elif isinstance(message, WakeupMessage):
             self._restart(*message.payload)
         elif isinstance(message, ShardRecovered):
@@ -182,17 +242,90 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
             self.closing = True
 
     def _start(self, message: StartShards, sender: ActorAddress) -> None:
+        self.start = message
         self.policy = message.policy
         self.rng = random.Random(message.seed)
-        while len(self.states) < message.count:
-            index = len(self.states)
-            self.states.append(ShardState(index, self.createActor(ShardHost), 0, "running"))
-        self.send(sender, ShardsStarted(tuple(s.address for s in self.states)))
         self.owner_pid = message.owner_pid
         self.admin_port = message.admin_port
         self.system_base = message.system_base
         if self.owner_pid is not None:
             self.wakeupAfter(_OWNER_CHECK_S, payload=_WATCH_OWNER)
+        self.pending = sender
+        if any(node != LOCAL for node in message.placement):
+            self.notifyOnSystemRegistrationChanges(True)
+            self.wakeupAfter(message.join_timeout_s, payload=_JOIN_TIMEOUT)
+            self.wakeupAfter(message.heartbeat_s, payload=_HEARTBEAT)
+        self._start_when_joined()
+
+    def _missing_nodes(self) -> list[str]:
+        return sorted({n for n in self.start.placement if n != LOCAL and n not in self.nodes})
+
+    def _start_when_joined(self) -> None:
+        if self.pending is None or self._missing_nodes():
+            return
+        placement = self.start.placement or (LOCAL,) * self.start.count
+        while len(self.states) < self.start.count:
+            index = len(self.states)
+            node = placement[index % len(placement)]
+            self.states.append(ShardState(index, self._host_on(node), 0, "running", node=node))
+            self.last_pong[index] = time.monotonic()
+        self.send(self.pending, ShardsStarted(tuple(s.address for s in self.states)))
+        self.pending = None
+
+    def _join_timeout(self) -> None:
+        if self.pending is not None:
+            self.send(self.pending, StartFailed(
+                f"node(s) {', '.join(self._missing_nodes())} did not join the fleet's actor "
+                f"system within {self.start.join_timeout_s:g}s (run `twin node --join "
+                f"HOST:{self.admin_port} --name NAME` on each)"))
+            self.pending = None
+
+    def _host_on(self, node: str) -> ActorAddress:
+        if node == LOCAL:
+            return self.createActor(ShardHost)
+        return self.createActor(ShardHost, targetActorRequirements={NODE_CAPABILITY: node})
+
+    def _convention(self, update: ActorSystemConventionUpdate) -> None:
+        node = (update.remoteCapabilities or {}).get(NODE_CAPABILITY)
+        if not isinstance(node, str):
+            return
+        if update.remoteAdded:
+            self.nodes[node] = update.remoteAdminAddress
+            log.info("node_joined", supervisor="fleet", node=node)
+            self._start_when_joined()
+            return
+        self.nodes.pop(node, None)
+        for state in self.states:
+            if state.node == node and state.status in ("running", "restarting"):
+                self._exited(state.address, f"node {node!r} left the convention")
+
+    def _heartbeat(self) -> None:
+        if self.closing:
+            return
+        now = time.monotonic()
+        timeout = self.start.heartbeat_timeout_s
+        for state in list(self.states):
+            if state.node == LOCAL or state.status not in ("running", "restarting"):
+                continue
+            if now - self.last_pong.get(state.index, now) > timeout:
+                # the node is suspect until it registers again: restart elsewhere
+                if self.nodes.pop(state.node, None) is not None:
+                    log.error("node_silent", supervisor="fleet", node=state.node,
+                              reason=f"no heartbeat for {timeout:g}s", action="place elsewhere")
+                self._exited(state.address, f"no heartbeat from node {state.node!r} for "
+                                            f"{timeout:g}s")
+            else:
+                self.send(state.address, Ping(state.index, state.generation))
+        self.wakeupAfter(self.start.heartbeat_s, payload=_HEARTBEAT)
+
+    def _place(self, previous: str) -> str:
+        """The node for a restarted shard: its own if alive, else the least loaded."""
+        if previous == LOCAL or previous in self.nodes:
+            return previous
+        live = [LOCAL, *sorted(self.nodes)]
+        load = {n: sum(1 for s in self.states if s.node == n and s.status != "failed")
+                for n in live}
+        return min(live, key=lambda n: (load[n], n != LOCAL, n))
 
     def _watch_owner(self) -> None:
         """A fleet whose process was killed cannot close its actor system: without this its
@@ -215,7 +348,8 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
             pass                                        # alive, another user's: not ours
         self.wakeupAfter(_OWNER_CHECK_S, payload=_WATCH_OWNER)
 
-    def _exited(self, address: ActorAddress) -> None:
+    def _exited(self, address: ActorAddress, reason: str = "shard host process exited"
+                ) -> None:
         index = next((s.index for s in self.states if s.address == address), None)
         if index is None or self.closing:
             return
@@ -224,7 +358,6 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
             return
         failures, exceeded = record_restart(state.failures, time.monotonic(),
                                             self.policy.max_restarts, self.policy.within_s)
-        reason = "shard host process exited"
         if exceeded:
             self.states[index] = replace(state, status="failed", failures=failures,
                                          reason=f"{reason}; restart intensity exceeded "
@@ -243,6 +376,8 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         state = self.states[index]
         if self.closing or state.generation != generation or state.status != "down":
             return
-        self.states[index] = replace(state, address=self.createActor(ShardHost),
+        node = self._place(state.node)
+        self.states[index] = replace(state, address=self._host_on(node), node=node,
                                      generation=generation + 1, status="restarting",
                                      restarts=state.restarts + 1)
+        self.last_pong[index] = time.monotonic()

@@ -29,12 +29,15 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 from supervisors import SupervisionPolicy
 from twin._errors import ShardDown, TwinError
 from twin._host_actors import (
+    LOCAL,
+    NODE_CAPABILITY,
     FleetSupervisor,
     ShardCall,
     ShardRecovered,
     ShardReply,
     ShardsStarted,
     ShardState,
+    StartFailed,
     StartShards,
     StatusReply,
     StatusRequest,
@@ -67,14 +70,20 @@ class Hosting:
 
     def __init__(self, system_base: str, shards: int, timeout_s: float = 60.0, *,
                  restart_policy: SupervisionPolicy | None = None, seed: int = 0,
-                 admin_port: int | None = None) -> None:
+                 admin_port: int | None = None, nodes: Sequence[str] = (),
+                 join_timeout_s: float = 60.0, heartbeat_timeout_s: float = 5.0) -> None:
         if system_base != EMBEDDED_BASE and system_base not in MULTIPROC_BASES:
             raise TwinError(f"system {system_base!r} is not supported; use {EMBEDDED_BASE!r} "
                             f"(embedded, the default) or one of {', '.join(MULTIPROC_BASES)}")
         self.embedded = system_base == EMBEDDED_BASE
+        if nodes and system_base != "multiprocTCPBase":
+            raise TwinError(f"nodes={list(nodes)!r} needs system='multiprocTCPBase' (other "
+                            f"machines join over TCP), not {system_base!r}")
+        placement = tuple(nodes[i % len(nodes)] for i in range(shards)) if nodes else ()
         self.timeout_s = timeout_s
         self.admin_port = None if self.embedded else (admin_port or free_port())
-        capabilities = {} if self.embedded else {"Admin Port": self.admin_port}
+        capabilities = {} if self.embedded else {"Admin Port": self.admin_port,
+                                                 NODE_CAPABILITY: LOCAL}
         self.system = ActorSystem(system_base, capabilities, transientUnique=True)
         self._next_id = 0
         self.pids: dict[int, int] = {}
@@ -83,8 +92,12 @@ class Hosting:
                                                      backoff_base_s=0.2, backoff_max_s=5.0)
         try:
             self.supervisor = self.system.createActor(FleetSupervisor)
-            start = StartShards(shards, policy, seed, os.getpid(), self.admin_port, system_base)
-            started = self.system.ask(self.supervisor, start, timeout_s)
+            start = StartShards(shards, policy, seed, os.getpid(), self.admin_port, system_base,
+                                placement, join_timeout_s,
+                                heartbeat_timeout_s=heartbeat_timeout_s)
+            started = self.system.ask(self.supervisor, start, timeout_s + join_timeout_s)
+            if isinstance(started, StartFailed):
+                raise TwinError(started.reason)
             if not isinstance(started, ShardsStarted):
                 raise TwinError(f"the fleet supervisor did not start its shards: {started!r}")
         except BaseException:
@@ -157,7 +170,9 @@ class Hosting:
                 next_poll = time.monotonic() + _LIVENESS_POLL_S
                 for call_id, index in list(waiting.items()):
                     state = message.shards[index]
-                    if state.status != "running" or state.generation != self.generations[index]:
+                    # "restarting" is alive: the facade is refilling that very host
+                    if (state.status not in ("running", "restarting") or
+                            state.generation != self.generations[index]):
                         del waiting[call_id]
                         replies[call_id] = ShardReply(call_id, error=ShardDown(
                             index, state.status, state.reason))

@@ -40,6 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("model", help="path of the model's JSON file")
     check.add_argument("--json", action="store_true", help="print the model back as JSON")
 
+    node = commands.add_parser(
+        "node", help="join a fleet's actor system from another machine",
+        description="Start an actor system that joins a fleet's (the convention leader at "
+                    "HOST:PORT, the fleet's admin_port) so the fleet can place shard hosts "
+                    "on this machine by NAME. Runs until Ctrl-C or SIGTERM. Example: twin "
+                    "node --join 10.0.0.5:1900 --name rack-2 --port 1901")
+    node.add_argument("--join", required=True, metavar="HOST:PORT",
+                      help="the fleet's actor system (its admin port)")
+    node.add_argument("--name", required=True,
+                      help="this node's name; Fleet(..., nodes=[...]) places shards by it")
+    node.add_argument("--port", type=int, default=1900,
+                      help="this node's own admin port (default 1900)")
+    node.add_argument("--capability", action="append", default=[], metavar="NAME=VALUE",
+                      help="an extra Thespian capability of this node (repeatable)")
+
     # the simulator and the live view register their own commands (imported here, not at
     # module level: the cli sits above both in the import graph)
     from sim.cli import add_parser as add_sim_command
@@ -59,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_demo(sys.stdout, assets=args.assets, silent=args.silent, minutes=args.minutes,
                      seed=args.seed, store=_demo_store(args.store))
+        elif args.command == "node":
+            from twin._node import parse_capabilities, run_node
+
+            return run_node(args.join, args.name, args.port,
+                            parse_capabilities(args.capability))
         elif args.command == "check":
             from twin._model import FleetModel
 

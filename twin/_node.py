@@ -1,0 +1,62 @@
+"""``twin node``: an actor system on another machine that joins a fleet's (DESIGN decision 1).
+
+The fleet's own actor system is the convention leader; a node joins it over TCP with the
+capability ``twin.node=<name>``, and the fleet places shard hosts on it by that name. All
+machines run the same code on a trusted network: Thespian pickles every message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from twin._errors import TwinError
+
+# Thespian re-registers a node with its leader every 7 min 22 s by default, so a node that
+# started before the fleet would wait that long to join: re-register every 5 s instead
+REREGISTRATION = "0:05"
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TwinError(f"--join must be HOST:PORT (the fleet's admin port), got {value!r}")
+    return host, int(port)
+
+
+def parse_capabilities(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise TwinError(f"--capability must be NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def run_node(join: str, name: str, port: int, capabilities: Mapping[str, str],
+             out: TextIO = sys.stdout) -> int:
+    """Join the fleet at ``join`` as node ``name`` and serve until SIGTERM or SIGINT."""
+    leader = parse_address(join)
+    if name == "local":
+        raise TwinError("--name 'local' is the fleet's own machine; pick another name")
+    os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", REREGISTRATION)
+    from thespian.actors import ActorSystem
+
+    from twin._host_actors import NODE_CAPABILITY
+
+    caps = {**capabilities, "Admin Port": port, "Convention Address.IPv4": leader,
+            NODE_CAPABILITY: name}
+    system = ActorSystem("multiprocTCPBase", caps, transientUnique=True)
+    try:
+        print(f"twin node {name!r}: admin port {port}, joined {leader[0]}:{leader[1]}; "
+              "Ctrl-C to leave", file=out, flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        system.shutdown()
+    print(f"twin node {name!r}: left", file=out, flush=True)
+    return 0
