@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from sim.config import (
     DEFAULT_DEADBAND,
     DEFAULT_REPORT_EVERY,
     SimConfig,
+    SimConfigError,
     parse_duration,
     parse_kind_values,
     parse_mix,
@@ -92,6 +94,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     out.add_argument("--report", metavar="FILE", help="write the full report as JSON")
     out.add_argument("--json", action="store_true",
                      help="print the full report as JSON on stdout (no summary)")
+    out.add_argument("--serve", nargs="?", const="127.0.0.1:8080", default=None,
+                     metavar="[HOST:]PORT",
+                     help="serve the live view of the running fleet (default "
+                          "127.0.0.1:8080; bound elsewhere it needs $TWIN_TOKEN); best with "
+                          "a paced run, e.g. --speed 60 --serve")
+    out.add_argument("--stay", action="store_true",
+                     help="with --serve: keep serving after the run, until Ctrl-C")
     out.add_argument("--verbose", action="store_true",
                      help="show the runtime's logs (supervisor restarts, quarantines)")
     parser.set_defaults(run=run_command)
@@ -117,8 +126,11 @@ def run_command(args: argparse.Namespace) -> int:
     model = build_model(config)
     if args.fleet_out:
         Path(args.fleet_out).write_text(json.dumps(model.to_dict(), indent=2) + "\n")
+    live = _LiveView(args.serve, args.stay) if args.serve else None
     with _runtime_logs(args.verbose), _progress(sys.stderr) as progress:
-        result = run_simulation(config, plan, model=model, progress=progress)
+        result = run_simulation(config, plan, model=model, progress=progress,
+                                on_fleet=live.start if live else None,
+                                before_close=live.finish if live else None)
     report = build_report(result)
     if args.report:
         Path(args.report).write_text(report_json(report))
@@ -129,6 +141,42 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         write_plain(report, sys.stdout)
     return 0 if report["quality"]["all_match"] else 1
+
+
+class _LiveView:
+    """``--serve``: the live view (twin.web) attached to the simulated fleet while it runs."""
+
+    def __init__(self, address: str, stay: bool) -> None:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise SimConfigError(f"--serve takes [HOST:]PORT, got {address!r}")
+        self.host = host or "127.0.0.1"
+        self.port = int(port)
+        self.stay = stay
+        self.server: Any = None
+
+    def start(self, fleet: Any) -> None:
+        from twin.web.auth import AuthConfigError
+        from twin.web.cli import read_token
+        from twin.web.server import LiveServer
+
+        try:
+            self.server = LiveServer(fleet, host=self.host, port=self.port,
+                                     token=read_token(None)).start()
+        except AuthConfigError as error:
+            raise SimConfigError(f"--serve {self.host}:{self.port}: {error}") from None
+        print(f"twin sim: live view at {self.server.url}", file=sys.stderr, flush=True)
+
+    def finish(self, fleet: Any) -> None:
+        try:
+            if self.stay:
+                print(f"twin sim: the run is over; the live view stays at {self.server.url} "
+                      "until Ctrl-C", file=sys.stderr, flush=True)
+                stops = {signal.SIGINT, signal.SIGTERM}
+                signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+                signal.sigwait(stops)
+        finally:
+            self.server.stop()
 
 
 @contextlib.contextmanager

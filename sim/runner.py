@@ -85,13 +85,17 @@ def build_model(config: SimConfig) -> FleetModel:
 def run_simulation(config: SimConfig, plan: FaultPlan, *, model: FleetModel | None = None,
                    progress: Callable[[Progress], None] | None = None,
                    on_fleet: Callable[[Fleet], None] | None = None,
+                   before_close: Callable[[Fleet], None] | None = None,
                    sleep: Callable[[float], None] = time.sleep,
                    monotonic: Callable[[], float] = time.monotonic) -> SimResult:
     """Run one scenario and return what happened. ``on_fleet`` gets the running fleet before
     the first step (e.g. to serve a live view of it); ``progress`` is called after each
-    step. ``sleep`` and ``monotonic`` pace a run with ``config.speed``."""
+    step, and ``before_close`` once the run is over, before the fleet closes (a live view
+    attached to it stops there). ``sleep`` and ``monotonic`` pace a run with
+    ``config.speed``."""
     return Simulation(config, plan, model or build_model(config)).run(
-        progress=progress, on_fleet=on_fleet, sleep=sleep, monotonic=monotonic)
+        progress=progress, on_fleet=on_fleet, before_close=before_close, sleep=sleep,
+        monotonic=monotonic)
 
 
 class Simulation:
@@ -140,7 +144,8 @@ class Simulation:
     # -- the run ------------------------------------------------------------------------------
 
     def run(self, *, progress: Callable[[Progress], None] | None,
-            on_fleet: Callable[[Fleet], None] | None, sleep: Callable[[float], None],
+            on_fleet: Callable[[Fleet], None] | None,
+            before_close: Callable[[Fleet], None] | None, sleep: Callable[[float], None],
             monotonic: Callable[[], float]) -> SimResult:
         result, config = self.result, self.config
         wall0 = monotonic()
@@ -165,6 +170,8 @@ class Simulation:
             result.end = clock.now()
             self._finish(fleet)
             result.wall_s = monotonic() - wall0
+            if before_close is not None:
+                before_close(fleet)
         result.applied = dict(self.injector.applied)
         result.malformed_by_variant = dict(self.injector.malformed_by_variant)
         return result

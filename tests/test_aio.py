@@ -51,3 +51,22 @@ def test_a_slow_watcher_gets_the_latest_value_not_a_backlog(fleet: Fleet, clock:
             return latest.power_kw, waiting
 
     assert asyncio.run(scenario()) == (4.0, True)
+
+
+def test_async_ingest_takes_wire_bytes_as_they_are(fleet: Fleet, clock: VirtualClock) -> None:
+    from twin.wire import pack_batch
+
+    payload = pack_batch([Sample("t-01", clock.now(), {"power_kw": 7.0}),
+                          Sample("t-02", clock.now(), {"power_kw": 1.0})], "gateway")
+
+    async def scenario() -> int:
+        async with AsyncFleet(fleet) as afleet:
+            return (await afleet.ingest(payload)).accepted
+
+    assert asyncio.run(scenario()) == 2
+
+
+def test_closed_says_whether_the_fleet_was_closed(fleet: Fleet) -> None:
+    assert not fleet.closed
+    fleet.close()
+    assert fleet.closed

@@ -80,3 +80,30 @@ def test_twin_serve_runs_until_sigterm_and_never_prints_the_token(
             process.wait()
     assert process.returncode == 0
     assert token not in banner + out + err
+
+
+def test_twin_serve_with_shard_processes_serves_the_whole_tree(
+        tmp_path: Path, example_dict: dict[str, Any]) -> None:
+    import re
+    import urllib.request
+
+    model = tmp_path / "fleet.json"
+    model.write_text(json.dumps(example_dict))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "twin.cli", "serve", "--fleet", str(model), "--port", "0",
+         "--shards", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        url = re.search(r"http://\S+/", banner)
+        assert url is not None, banner
+        with urllib.request.urlopen(f"{url.group(0)}api/rollups/acme") as reply:
+            body = json.load(reply)
+        assert body["expected"] == 5
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0

@@ -726,6 +726,11 @@ class Fleet(Recovery, Failover):
             raise ShardDown(index, "down", self._down[index])
         return self._shards[index]
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (read without the lock: a readiness probe)."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise FleetClosed("the fleet is closed")

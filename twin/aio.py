@@ -39,8 +39,10 @@ class AsyncFleet:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
-    async def ingest(self, samples: Iterable[Sample]) -> IngestReport:
-        return await self._run(self.fleet.ingest, list(samples))
+    async def ingest(self, samples: Iterable[Sample] | bytes) -> IngestReport:
+        """A batch: Sample objects, or msgpack bytes in the wire format (kept as they are)."""
+        batch = samples if isinstance(samples, bytes | bytearray | memoryview) else list(samples)
+        return await self._run(self.fleet.ingest, batch)
 
     async def rollup(self, path: str) -> Rollup:
         return await self._run(self.fleet.rollup, path)

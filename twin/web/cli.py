@@ -40,6 +40,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
     serve.add_argument("--token-file", default=None, metavar="PATH",
                        help=f"file holding the bearer token (default: ${TOKEN_ENV}, if set)")
+    serve.add_argument("--shards", type=int, default=1, metavar="N",
+                       help="run the fleet's sites on N shard-host processes (default 1: "
+                            "embedded, in this process)")
+    serve.add_argument("--nodes", default=None, metavar="NAME,...",
+                       help="place shards round-robin on these nodes ('local' is this "
+                            "machine; others join with 'twin node --join HOST:ADMIN_PORT')")
+    serve.add_argument("--admin-port", type=int, default=None,
+                       help="admin port of the fleet's actor system, which nodes join "
+                            "(default: a free port)")
     serve.set_defaults(run=run)
 
 
@@ -65,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    with Fleet(model, store=args.store) as fleet:
+    nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else []
+    processes = args.shards > 1 or bool(nodes)
+    with Fleet(model, store=args.store, shards=args.shards, nodes=nodes,
+               admin_port=args.admin_port,
+               system="multiprocTCPBase" if processes else "simpleSystemBase") as fleet:
         try:
             server = LiveServer(fleet, host=args.host, port=args.port, token=token).start()
         except OSError as error:
