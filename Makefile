@@ -22,12 +22,13 @@ venv: $(STAMP) ## create .venv and install twin with its test and dev extras
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest
 
-demo: $(STAMP) ## run a small embedded fleet and print its roll-up tree
-	$(BIN)/twin demo
+demo: $(STAMP) ## simulate 1,000 assets with faults for a minute, live at http://127.0.0.1:8080
+	$(BIN)/twin sim --assets 1000 --duration 1h --speed 60 --seed 7 --faults default --serve
 
 bench: $(STAMP) ## run the benchmarks and print their tables (BENCH_ARGS=--quick for a short run)
 	$(BIN)/python bench/bench_core.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_multiproc.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check twin actors supervisors sim tests bench

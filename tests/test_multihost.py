@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,11 @@ from twin.testing import capture_logs, fleet_dict
 pytestmark = pytest.mark.slow
 
 START = 1767225600.0
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def start_node(leader: int) -> subprocess.Popen[str]:
@@ -63,6 +69,10 @@ def open_with_node(**options: Any) -> tuple[Fleet, subprocess.Popen[str]]:
 
     opener = threading.Thread(target=open_)
     opener.start()
+    # Thespian forks its admin without exec: a Popen in this thread at that moment would
+    # leave the admin holding Popen's exec-status pipe, and Popen waiting on it for ever.
+    # Start the node once the admin listens (later actors are forked by the admin itself).
+    wait_until(lambda: listening(leader), timeout_s=30)
     proc = start_node(leader)
     opener.join(timeout=60)
     result = opened[0]

@@ -199,6 +199,8 @@ def test_a_crash_looping_shard_escalates_past_the_intensity_without_a_restart_st
     assert fleet.wait_for_shards(timeout_s=1)[0]["status"] == "failed"
     assert fleet.shards()[0]["generation"] == 2
     assert fleet.metrics()["shard_restarts"] == 2
+    text = fleet.metrics_text()
+    assert b"twin_shard_restarts_total 2.0" in text and b"twin_shards_down 1.0" in text
 
 
 def descendants(pid: int) -> set[int]:

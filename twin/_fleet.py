@@ -525,6 +525,7 @@ class Fleet(Recovery, Failover):
                            store_write_retries=writer.retries, store_writes=writer.writes,
                            store_rows_failed=writer.failed_rows,
                            store_write_seconds=writer.write_seconds,
+                           store_writer_restarts=writer.restarts,
                            store_log_offset=self._persist.last_offset)
             out["liveness_timer_arms"] = sum(s["wheel_arms"] for s in shards)
             out["shards"] = len(self._shards)

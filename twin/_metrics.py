@@ -52,6 +52,16 @@ class FleetCollector(Collector):
         yield CounterMetricFamily("twin_subscriber_errors", "Subscription callbacks that raised",
                                   value=m["callback_errors"])
         yield GaugeMetricFamily("twin_assets", "Assets in the fleet", value=m["assets"])
+        yield GaugeMetricFamily("twin_shards", "Shard hosts", value=m["shards"])
+        yield GaugeMetricFamily("twin_shards_down",
+                                "Shard hosts down now (their assets count as unknown)",
+                                value=m["shards_down"])
+        yield CounterMetricFamily("twin_shard_restarts",
+                                  "Shard host processes restarted by the fleet supervisor",
+                                  value=m["shard_restarts"])
+        yield CounterMetricFamily("twin_shard_recoveries",
+                                  "Restarted shard hosts refilled from snapshot and log",
+                                  value=m["shard_recoveries"])
         states = GaugeMetricFamily("twin_assets_by_state", "Assets now in each state",
                                    labels=["state"])
         for state, n in sorted(m["assets_by_state"].items()):
@@ -75,6 +85,9 @@ class FleetCollector(Collector):
                                       value=m["store_write_seconds"])
             yield CounterMetricFamily("twin_store_writes", "Store write transactions",
                                       value=m["store_writes"])
+            yield CounterMetricFamily("twin_store_writer_restarts",
+                                      "Store writer processes restarted after dying",
+                                      value=m["store_writer_restarts"])
 
 
 def registry_for(read: Callable[[], dict[str, Any]]) -> CollectorRegistry:
