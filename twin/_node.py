@@ -15,8 +15,9 @@ from typing import TextIO
 
 from twin._errors import TwinError
 
-# Thespian re-registers a node with its leader every 7 min 22 s by default, so a node that
-# started before the fleet would wait that long to join: re-register every 5 s instead
+# Thespian re-registers a node with its leader every 7 min 22 s by default and counts a
+# member dead after three missed periods: ask for 5 s. (A node started before its leader
+# still did not join within 20 s in our tests: start nodes after the fleet.)
 REREGISTRATION = "0:05"
 
 
