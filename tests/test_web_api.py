@@ -109,6 +109,11 @@ async def test_metrics_expose_the_fleet_and_the_live_view(client: TestClient, we
     assert response.status == 200
     text = await response.text()
     assert 'twin_samples_total{outcome="accepted"} 1.0' in text
+    # states by the names used everywhere else: one turbine online, the others never heard of
+    unknown = web_fleet.metrics()["assets"] - 1
+    assert 'twin_assets_by_state{state="online"} 1.0' in text
+    assert f'twin_assets_by_state{{state="unknown"}} {unknown:.1f}' in text
+    assert 'state="reporting"' not in text
     assert "twin_web_clients 0.0" in text
     assert "twin_web_auth_failures_total 0.0" in text
 

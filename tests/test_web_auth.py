@@ -4,6 +4,7 @@ bucket that refills by itself, the token never echoed."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import WSServerHandshakeError
@@ -60,6 +61,15 @@ def test_a_public_address_without_a_token_is_refused_before_starting(web_fleet: 
     assert check_token(None, "127.0.0.1") is None
     assert check_token(None, "::1") is None
     assert is_loopback("localhost") and is_loopback("127.0.0.2") and not is_loopback("0.0.0.0")
+
+
+def test_the_docs_state_the_loopback_rule_the_code_applies() -> None:
+    # all of 127.0.0.0/8 is reachable from this machine only, so all of it counts as loopback
+    assert is_loopback("127.255.255.254") and is_loopback("::1")
+    assert not is_loopback("128.0.0.1") and not is_loopback("::2")
+    root = Path(__file__).resolve().parent.parent
+    for doc in (root / "README.md", root / "docs" / "live-view.md"):
+        assert "`127.0.0.0/8`" in doc.read_text(), doc
 
 
 async def test_without_a_token_the_data_is_refused_with_a_clear_401(client: TestClient) -> None:

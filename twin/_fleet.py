@@ -515,9 +515,11 @@ class Fleet(Recovery, Failover):
             out["assets"] = sum(s["assets"] for s in shards)
             out["transitions_by_state"] = dict(self._transition_counts)
             by_state: dict[str, int] = {}
+            # keyed by state name: a roll-up's `reporting` counts the assets that are `online`
             for rollup in self._tree.top_level():
-                for name in ("reporting", "offline", "unknown", "quarantined"):
-                    by_state[name] = by_state.get(name, 0) + getattr(rollup, name)
+                for state, field in (("online", "reporting"), ("offline", "offline"),
+                                     ("unknown", "unknown"), ("quarantined", "quarantined")):
+                    by_state[state] = by_state.get(state, 0) + getattr(rollup, field)
             out["assets_by_state"] = by_state
             if self._persist is not None:
                 writer = self._persist.store.writer
