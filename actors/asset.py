@@ -2,7 +2,7 @@
 
 Protocol (messages an asset actor accepts, and its replies)
 ---------------------------------------------------------
-``Sample``        → outcome code (``twin._samples``) or a ``Rejection``
+``Sample``        → outcome code (``twin.core.samples``) or a ``Rejection``
 ``Command``       → ``CommandAccepted`` | ``Unavailable`` | ``InvalidCommand`` (reply values)
 ``InjectedFault`` → raises inside the handler (chaos testing: exercises supervision)
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actors._kernel import Actor, DeadlineWheel, Kernel
-from twin._errors import InvalidCommand
-from twin._kinds import INT_MAX, INT_MIN, AssetKind, Rejection
-from twin._samples import ACCEPTED, ANOMALOUS, DUPLICATE, FUTURE, LATE, OUTCOMES, STALE, Sample
-from twin._states import (
+from twin.core.errors import InvalidCommand
+from twin.core.kinds import INT_MAX, INT_MIN, AssetKind, Rejection
+from twin.core.samples import ACCEPTED, ANOMALOUS, DUPLICATE, FUTURE, LATE, OUTCOMES, STALE, Sample
+from twin.core.states import (
     CRASH_LOOP,
     DECOMMISSION,
     ONLINE,
@@ -37,7 +37,7 @@ from twin._states import (
 
 if TYPE_CHECKING:
     from actors.groups import LeafTally
-    from twin._model import AssetSpec
+    from twin.core.model import AssetSpec
 
 
 @dataclass(frozen=True, slots=True)

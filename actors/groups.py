@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors._kernel import Actor, Kernel
-from twin._rollup import ROW_CAPACITY_W, ROW_ONLINE, ROW_POWER_W, ROW_WIDTH, Rollup, Row
+from twin.core.rollup import ROW_CAPACITY_W, ROW_ONLINE, ROW_POWER_W, ROW_WIDTH, Rollup, Row
 
 
 @dataclass(frozen=True, slots=True)

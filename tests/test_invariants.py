@@ -72,7 +72,7 @@ OWNERS = ("o0", "o1")
 REGIONS = ("o0/r0", "o0/r1", "o1/r0", "o1/r1")
 STATES = ("unknown", "online", "offline", "quarantined")
 
-# each kind's signals and their bounds (twin._kinds): (lo, hi, scale) or "bool"
+# each kind's signals and their bounds (twin.core.kinds): (lo, hi, scale) or "bool"
 SIGNALS: dict[str, dict[str, Any]] = {
     "turbine": {"power_kw": (-0.05, 1.1, "rated_kw"), "wind_speed_ms": (0.0, 75.0, None),
                 "rotor_rpm": (0.0, 40.0, None), "power_limit_kw": (0.0, 1.0, "rated_kw")},

@@ -20,7 +20,7 @@ import pytest
 
 from supervisors import SupervisionPolicy
 from twin import AddAsset, Fleet, FleetModel, Sample, VirtualClock
-from twin._errors import ShardDown
+from twin.core.errors import ShardDown
 from twin.testing import capture_logs, fleet_dict
 
 pytestmark = pytest.mark.slow

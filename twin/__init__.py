@@ -1,51 +1,39 @@
 """twin: an actor-based digital-twin runtime for fleets of distributed energy assets.
 
 >>> from twin import Fleet, FleetModel, Sample, VirtualClock
+
+The public names are loaded on first use (PEP 562), so importing a low layer such as
+``twin.core.errors`` (as ``actors`` does) never drags the facade and its runtime in with it:
+that is what keeps ``actors`` → ``twin.core`` free of a cycle back through ``twin``.
 """
 
-from supervisors import OnExhausted, Strategy, SupervisionPolicy
-from twin._changes import (
-    AddAsset,
-    AddOwner,
-    AddRegion,
-    AddSite,
-    DecommissionAsset,
-    ModelVersion,
-    MoveAsset,
-    MoveSite,
-    change_from_dict,
-)
-from twin._clock import Clock, RealClock, VirtualClock
-from twin._errors import (
-    AssetUnavailable,
-    FleetClosed,
-    IngestError,
-    InvalidCommand,
-    ModelError,
-    ShardDown,
-    TwinError,
-    UnknownAsset,
-    UnknownPath,
-)
-from twin._fleet import Fleet, PendingChange, Subscription
-from twin._kinds import (
-    AssetKind,
-    Battery,
-    Charger,
-    KindRegistry,
-    Signal,
-    Turbine,
-    default_kinds,
-    register_kind,
-)
-from twin._model import AssetSpec, Defaults, FleetModel
-from twin._rollup import KindRollup, Rollup
-from twin._samples import OUTCOMES, IngestReport, Sample, SampleError
-from twin._shard import Transition
-from twin._store import Store, StoreBusy, StoreUnavailable
-from twin._views import AssetView, CommandReceipt
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("OnExhausted", "Strategy", "SupervisionPolicy"), "supervisors"),
+    **dict.fromkeys(("AddAsset", "AddOwner", "AddRegion", "AddSite", "DecommissionAsset",
+                     "ModelVersion", "MoveAsset", "MoveSite", "change_from_dict"),
+                    "twin.core.changes"),
+    **dict.fromkeys(("Clock", "RealClock", "VirtualClock"), "twin.core.clock"),
+    "Transition": "twin.core.states",
+    **dict.fromkeys(("AssetUnavailable", "FleetClosed", "IngestError", "InvalidCommand",
+                     "ModelError", "ShardDown", "TwinError", "UnknownAsset", "UnknownPath"),
+                    "twin.core.errors"),
+    **dict.fromkeys(("Fleet", "PendingChange", "Subscription"), "twin._fleet"),
+    **dict.fromkeys(("AssetKind", "Battery", "Charger", "KindRegistry", "Signal", "Turbine",
+                     "default_kinds", "register_kind"), "twin.core.kinds"),
+    **dict.fromkeys(("AssetSpec", "Defaults", "FleetModel"), "twin.core.model"),
+    **dict.fromkeys(("KindRollup", "Rollup"), "twin.core.rollup"),
+    **dict.fromkeys(("OUTCOMES", "IngestReport", "Sample", "SampleError"), "twin.core.samples"),
+    **dict.fromkeys(("Store", "StoreBusy", "StoreUnavailable"), "twin._store"),
+    **dict.fromkeys(("AssetView", "CommandReceipt"), "twin.core.views"),
+}
 
 __all__ = [
     "OUTCOMES",
@@ -99,3 +87,60 @@ __all__ = [
     "default_kinds",
     "register_kind",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'twin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value          # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, imported eagerly
+    from supervisors import OnExhausted, Strategy, SupervisionPolicy
+    from twin._fleet import Fleet, PendingChange, Subscription
+    from twin._store import Store, StoreBusy, StoreUnavailable
+    from twin.core.changes import (
+        AddAsset,
+        AddOwner,
+        AddRegion,
+        AddSite,
+        DecommissionAsset,
+        ModelVersion,
+        MoveAsset,
+        MoveSite,
+        change_from_dict,
+    )
+    from twin.core.clock import Clock, RealClock, VirtualClock
+    from twin.core.errors import (
+        AssetUnavailable,
+        FleetClosed,
+        IngestError,
+        InvalidCommand,
+        ModelError,
+        ShardDown,
+        TwinError,
+        UnknownAsset,
+        UnknownPath,
+    )
+    from twin.core.kinds import (
+        AssetKind,
+        Battery,
+        Charger,
+        KindRegistry,
+        Signal,
+        Turbine,
+        default_kinds,
+        register_kind,
+    )
+    from twin.core.model import AssetSpec, Defaults, FleetModel
+    from twin.core.rollup import KindRollup, Rollup
+    from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
+    from twin.core.states import Transition
+    from twin.core.views import AssetView, CommandReceipt

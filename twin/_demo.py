@@ -6,11 +6,11 @@ import math
 import random
 from typing import Any, TextIO
 
-from twin._clock import VirtualClock
 from twin._fleet import Fleet
-from twin._model import FleetModel
-from twin._rollup import Rollup
-from twin._samples import Sample
+from twin.core.clock import VirtualClock
+from twin.core.model import FleetModel
+from twin.core.rollup import Rollup
+from twin.core.samples import Sample
 
 START = 1767225600.0   # 2026-01-01T00:00:00Z
 _KINDS = (("turbine", {"rated_kw": 3000.0}, 0.45),

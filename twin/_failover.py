@@ -26,15 +26,16 @@ import structlog
 
 from actors.asset import capacity_w
 from actors.groups import LeafSummary
-from twin._clock import Clock
-from twin._errors import ShardDown
 from twin._host_actors import ShardState
-from twin._model import FleetModel
 from twin._persistence import Persistence
-from twin._rollup import ROW_CAPACITY_W, ROW_UNKNOWN, ROW_WIDTH
-from twin._samples import IngestReport, Sample, SampleError
-from twin._shard import ShardConfig, ShardOutput, Transition, partial_key, site_key
-from twin._tree import RollupTree
+from twin.core.clock import Clock
+from twin.core.errors import ShardDown
+from twin.core.model import FleetModel
+from twin.core.rollup import ROW_CAPACITY_W, ROW_UNKNOWN, ROW_WIDTH
+from twin.core.samples import IngestReport, Sample, SampleError
+from twin.core.states import Transition
+from twin.runtime.shard import ShardConfig, ShardOutput, partial_key, site_key
+from twin.runtime.tree import RollupTree
 from twin.wire import pack_rows, unpack_batch
 
 if TYPE_CHECKING:

@@ -22,7 +22,13 @@ import structlog
 
 from actors.asset import CommandAccepted, Unavailable
 from supervisors import SupervisionPolicy
-from twin._changes import (
+from twin._failover import Failover
+from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
+from twin._metrics import exposition, registry_for
+from twin._persistence import Persistence
+from twin._recovery import Recovery
+from twin._store import Store, StoreBusy, StoreUnavailable
+from twin.core.changes import (
     AddAsset,
     AddSite,
     Change,
@@ -32,8 +38,8 @@ from twin._changes import (
     apply_change,
     change_to_dict,
 )
-from twin._clock import Clock, RealClock, VirtualClock
-from twin._errors import (
+from twin.core.clock import Clock, RealClock, VirtualClock
+from twin.core.errors import (
     AssetUnavailable,
     FleetClosed,
     IngestError,
@@ -41,18 +47,13 @@ from twin._errors import (
     ShardDown,
     TwinError,
 )
-from twin._failover import Failover
-from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
-from twin._metrics import exposition, registry_for
-from twin._model import FleetModel
-from twin._persistence import Persistence
-from twin._recovery import Recovery
-from twin._rollup import Rollup
-from twin._samples import OUTCOMES, IngestReport, Sample, SampleError
-from twin._shard import ShardConfig, ShardOutput, Transition, partial_key
-from twin._store import Store, StoreBusy, StoreUnavailable
-from twin._tree import RollupTree
-from twin._views import AssetView, CommandReceipt
+from twin.core.model import FleetModel
+from twin.core.rollup import Rollup
+from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
+from twin.core.states import Transition
+from twin.core.views import AssetView, CommandReceipt
+from twin.runtime.shard import ShardConfig, ShardOutput, partial_key
+from twin.runtime.tree import RollupTree
 from twin.wire import pack_batch, pack_rows, sample_error, unpack_batch
 
 log = structlog.get_logger("twin.fleet")

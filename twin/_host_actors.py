@@ -3,7 +3,7 @@
 Protocol
 --------
 ``StartShards``     facade → supervisor: create the shard hosts; answered by ``ShardsStarted``.
-``ShardCall``       facade → shard host: run a :class:`twin._shard.Shard` method (or
+``ShardCall``       facade → shard host: run a :class:`twin.runtime.shard.Shard` method (or
                     ``configure``); answered by ``ShardReply`` carrying the value or the error.
 ``StatusRequest``   facade → supervisor: answered by ``StatusReply`` (every shard's state).
 ``ShardRecovered``  facade → supervisor: a restarted host has its state back; it is running.
@@ -46,8 +46,8 @@ from thespian.actors import (
 )
 
 from supervisors import SupervisionPolicy, backoff_delay, record_restart
-from twin._errors import TwinError
-from twin._shard import Shard, ShardConfig
+from twin.core.errors import TwinError
+from twin.runtime.shard import Shard, ShardConfig
 
 log = structlog.get_logger("twin.hosting")
 

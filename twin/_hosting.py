@@ -2,7 +2,8 @@
 
 Thespian's camelCase API and its message conventions stay inside this module (and
 :mod:`twin._host_actors`). A shard host is a Thespian actor holding one
-:class:`twin._shard.Shard` (thousands of lightweight asset actors); the fleet supervisor is the
+:class:`twin.runtime.shard.Shard` (thousands of lightweight asset actors); the fleet supervisor
+is the
 Thespian actor that creates the shard hosts and, on the multi-process bases, watches them
 (``ChildActorExited``) and restarts them with backoff and a restart intensity.
 
@@ -27,7 +28,6 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from supervisors import SupervisionPolicy
-from twin._errors import ShardDown, TwinError
 from twin._host_actors import (
     LOCAL,
     NODE_CAPABILITY,
@@ -42,7 +42,8 @@ from twin._host_actors import (
     StatusReply,
     StatusRequest,
 )
-from twin._shard import ShardConfig
+from twin.core.errors import ShardDown, TwinError
+from twin.runtime.shard import ShardConfig
 
 EMBEDDED_BASE = "simpleSystemBase"
 MULTIPROC_BASES = ("multiprocTCPBase", "multiprocQueueBase", "multiprocUDPBase")

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from twin._samples import OUTCOMES
+from twin.core.samples import OUTCOMES
 
 
 class FleetCollector(Collector):

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from twin._errors import TwinError
+from twin.core.errors import TwinError
 
 # Thespian re-registers a node with its leader every 7 min 22 s by default and counts a
 # member dead after three missed periods: ask for 5 s. (A node started before its leader

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from twin._changes import Change, ModelVersion, change_from_dict
-from twin._clock import Clock
-from twin._errors import ShardDown, TwinError
-from twin._model import FleetModel
 from twin._persistence import Persistence
-from twin._samples import IngestReport, Sample
-from twin._shard import Transition
 from twin._store import Store, StoredVersion
+from twin.core.changes import Change, ModelVersion, change_from_dict
+from twin.core.clock import Clock
+from twin.core.errors import ShardDown, TwinError
+from twin.core.model import FleetModel
+from twin.core.samples import IngestReport, Sample
+from twin.core.states import Transition
 from twin.wire import unpack_batch
 
 if TYPE_CHECKING:

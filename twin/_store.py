@@ -37,9 +37,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from twin import _store_schema as schema
-from twin._errors import TwinError
 from twin._writer import StoreBusy, StoreUnavailable, Writer
 from twin._writer_process import FileLock
+from twin.core.errors import TwinError
 
 log = structlog.get_logger("twin.store")
 

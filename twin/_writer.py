@@ -29,8 +29,8 @@ from typing import IO, Any, Final
 import msgpack
 import structlog
 
-from twin._errors import TwinError
 from twin._writer_process import BATCH, CLOSE, FLUSH, HEADER, ROWS
+from twin.core.errors import TwinError
 
 log = structlog.get_logger("twin.store")
 

@@ -21,9 +21,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from twin._fleet import Fleet
-from twin._rollup import Rollup
-from twin._samples import IngestReport, Sample
-from twin._views import AssetView, CommandReceipt
+from twin.core.rollup import Rollup
+from twin.core.samples import IngestReport, Sample
+from twin.core.views import AssetView, CommandReceipt
 
 T = TypeVar("T")
 

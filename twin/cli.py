@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from twin._errors import TwinError
+from twin.core.errors import TwinError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_node(args.join, args.name, args.port,
                             parse_capabilities(args.capability))
         elif args.command == "check":
-            from twin._model import FleetModel
+            from twin.core.model import FleetModel
 
             model = FleetModel.load(args.model)
             print(json.dumps(model.to_dict(), indent=2) if args.json else model.summary())

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from structlog.testing import capture_logs
 
-from twin._clock import VirtualClock
+from twin.core.clock import VirtualClock
 
 if TYPE_CHECKING:
     from twin._fleet import Fleet
-    from twin._model import FleetModel
+    from twin.core.model import FleetModel
 
 __all__ = ["VirtualClock", "assert_consistent", "capture_logs", "fleet_dict", "members",
            "recount"]

@@ -17,8 +17,8 @@ from typing import Any, Final
 
 import msgpack
 
-from twin._errors import IngestError
-from twin._samples import Sample, SampleError
+from twin.core.errors import IngestError
+from twin.core.samples import Sample, SampleError
 
 VERSION: Final = 1
 MAX_BATCH_BYTES: Final = 64 * 2**20     # one batch; a bigger payload is refused unread

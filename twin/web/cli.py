@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from twin._fleet import Fleet
-from twin._model import FleetModel
+from twin.core.model import FleetModel
 from twin.web.auth import AuthConfigError, check_token
 from twin.web.server import LiveServer
 

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from typing import NamedTuple
 
-from twin._rollup import Rollup
+from twin.core.rollup import Rollup
 
 
 class Point(NamedTuple):

@@ -31,11 +31,11 @@ from typing import Any, TypeVar
 
 import structlog
 
-from twin._errors import FleetClosed, TwinError
 from twin._fleet import Fleet, Subscription
-from twin._model import FleetModel
-from twin._rollup import Rollup
-from twin._shard import Transition
+from twin.core.errors import FleetClosed, TwinError
+from twin.core.model import FleetModel
+from twin.core.rollup import Rollup
+from twin.core.states import Transition
 from twin.web.history import History
 
 log = structlog.get_logger("twin.web")

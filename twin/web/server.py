@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from twin._errors import FleetClosed, IngestError, UnknownAsset, UnknownPath
 from twin._fleet import Fleet
 from twin._store import StoreBusy, StoreUnavailable
+from twin.core.errors import FleetClosed, IngestError, UnknownAsset, UnknownPath
 from twin.web.auth import (
     WS_PROTOCOL,
     FailureLimiter,

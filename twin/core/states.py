@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NamedTuple
 
-from twin._errors import TwinError
+from twin.core.errors import TwinError
 
 UNKNOWN: Final = 0
 ONLINE: Final = 1
@@ -51,3 +51,13 @@ def next_state(state: int, event: str) -> int:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise IllegalTransition(state, event) from None
+
+
+class Transition(NamedTuple):
+    """An asset changed state: when (our clock), which, from, to, and why."""
+
+    at: float
+    asset_id: str
+    old: str
+    new: str
+    reason: str

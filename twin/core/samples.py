@@ -43,7 +43,7 @@ STALE: Final = 4        # older than the retention horizon (a replay)
 ANOMALOUS: Final = 5    # outside the kind's physical bounds, NaN or infinite
 REJECTED: Final = 6     # malformed, unknown asset, wrong types, or its handler crashed
 DEFERRED: Final = 7     # queued in the mailbox of an actor that is restarting
-QUARANTINED: Final = 8  # its asset is quarantined: kept raw, not applied
+HELD_QUARANTINED: Final = 8  # its asset is quarantined: kept raw, not applied
 
 OUTCOMES: Final = ("accepted", "duplicate", "late", "future", "stale", "anomalous", "rejected",
                    "deferred", "quarantined")

@@ -11,30 +11,20 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from actors import DEFERRED, REFUSED, RUNNING, SUSPENDED, DeadlineWheel, Kernel
 from actors.asset import AssetActor, Command, InjectedFault, Unavailable
 from actors.groups import LeafSummary, LeafTally
 from supervisors import SupervisionPolicy, SupervisionStats, Supervisor
-from twin._errors import UnknownAsset
-from twin._kinds import KindRegistry, Rejection
-from twin._model import AssetSpec, Defaults
-from twin._samples import OUTCOMES, QUARANTINED, REJECTED, Sample, SampleError
-from twin._states import STATE_NAMES
+from twin.core.errors import UnknownAsset
+from twin.core.kinds import KindRegistry, Rejection
+from twin.core.model import AssetSpec, Defaults
+from twin.core.samples import HELD_QUARANTINED, OUTCOMES, REJECTED, Sample, SampleError
+from twin.core.states import STATE_NAMES, Transition
 from twin.wire import unpack_rows
 
 DEFERRED_CODE = OUTCOMES.index("deferred")
-
-
-class Transition(NamedTuple):
-    """An asset changed state: when (our clock), which, from, to, and why."""
-
-    at: float
-    asset_id: str
-    old: str
-    new: str
-    reason: str
 
 
 @dataclass(slots=True)
@@ -172,8 +162,8 @@ class Shard:
                     result = DEFERRED_CODE
                     counts[DEFERRED_CODE] += 1
                 elif result is REFUSED:
-                    result = QUARANTINED
-                    counts[QUARANTINED] += 1
+                    result = HELD_QUARANTINED
+                    counts[HELD_QUARANTINED] += 1
                 else:
                     counts[REJECTED] += 1
                     errors.append(_error(indices[i] if indices else i, sample, result))

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 
 from actors import Kernel
 from actors.groups import GroupActor, LeafSummary, RemoveChild
-from twin._errors import UnknownPath
-from twin._model import FleetModel
-from twin._rollup import Rollup
+from twin.core.errors import UnknownPath
+from twin.core.model import FleetModel
+from twin.core.rollup import Rollup
 
 
 def owner_key(owner: str) -> str:

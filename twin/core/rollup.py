@@ -11,14 +11,17 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-# A row of counts for one kind, indexed by state code (twin._states) then power and capacity.
-ROW_UNKNOWN: Final = 0
-ROW_ONLINE: Final = 1
-ROW_OFFLINE: Final = 2
-ROW_QUARANTINED: Final = 3
-ROW_POWER_W: Final = 4
-ROW_CAPACITY_W: Final = 5
-ROW_WIDTH: Final = 6
+from twin.core.states import OFFLINE, ONLINE, QUARANTINED, UNKNOWN
+
+# A row of counts for one kind: the counted states' codes index it directly (an asset actor
+# adds 1 at ``row[state]``), then power and capacity follow the last counted state.
+ROW_UNKNOWN: Final = UNKNOWN
+ROW_ONLINE: Final = ONLINE
+ROW_OFFLINE: Final = OFFLINE
+ROW_QUARANTINED: Final = QUARANTINED
+ROW_POWER_W: Final = max(ROW_UNKNOWN, ROW_ONLINE, ROW_OFFLINE, ROW_QUARANTINED) + 1
+ROW_CAPACITY_W: Final = ROW_POWER_W + 1
+ROW_WIDTH: Final = ROW_CAPACITY_W + 1
 
 Row = tuple[int, int, int, int, int, int]
 

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from twin._errors import InvalidCommand, ModelError
+from twin.core.errors import InvalidCommand, ModelError
 
 if TYPE_CHECKING:
-    from twin._model import AssetSpec
+    from twin.core.model import AssetSpec
 
 Scale = Literal["rated_kw", "capacity_kwh"] | None
 

@@ -2,7 +2,7 @@
 
 Sites have fleet-wide unique ids, so a site keeps its identity (and its place in extra groups)
 when it moves to another region or owner. Paths are ``owner``, ``owner/region`` and
-``owner/region/site``. The model is versioned in time: :mod:`twin._changes` records every
+``owner/region/site``. The model is versioned in time: :mod:`twin.core.changes` records every
 change with its effective time and what is needed to undo it, so any past version can be
 rebuilt (:meth:`FleetModel.at`).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from twin._errors import ModelError, UnknownAsset, UnknownPath
-from twin._kinds import KindRegistry, default_kinds
+from twin.core.errors import ModelError, UnknownAsset, UnknownPath
+from twin.core.kinds import KindRegistry, default_kinds
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -125,7 +125,7 @@ class FleetModel:
         self.bounds: Mapping[str, Any] | None = None    # per-kind bound overrides, as given
         self.version = 0
         self.effective_from: float = -math.inf
-        self.history: list[Any] = []          # twin._changes.ModelVersion, oldest first
+        self.history: list[Any] = []          # twin.core.changes.ModelVersion, oldest first
 
     # -- construction -------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class FleetModel:
         d.update(spec.attrs)
         return d
 
-    # -- structural edits (used by from_dict and by twin._changes) -------------------------
+    # -- structural edits (used by from_dict and by twin.core.changes) -------------------------
 
     def add_owner(self, owner_id: str, *, where: str = "owner") -> None:
         if owner_id in self.owners:
@@ -395,11 +395,10 @@ class FleetModel:
 
     def at(self, when: float) -> FleetModel:
         """The model version that governed at unix time ``when``."""
-        from twin._changes import undo  # the change log sits above this module
-
         past = self.copy()
         while past.history and past.history[-1].effective > when:
-            undo(past, past.history.pop())
+            entry = past.history.pop()
+            entry.change.revert(past, entry.undo)   # each change knows how to take itself back
         past.version = past.history[-1].version if past.history else 0
         past.effective_from = past.history[-1].effective if past.history else -math.inf
         return past

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from twin._errors import ModelError, UnknownAsset
-from twin._model import AssetSpec, FleetModel
+from twin.core.errors import ModelError, UnknownAsset
+from twin.core.model import AssetSpec, FleetModel
 
 
 def _check_fields(change: object) -> None:
@@ -30,7 +30,6 @@ def _check_fields(change: object) -> None:
 class AddOwner:
     owner: str
 
-
     def __post_init__(self) -> None:
         _check_fields(self)
 
@@ -38,12 +37,14 @@ class AddOwner:
         model.add_owner(_check_id(self.owner, "owner"), where="AddOwner")
         return None
 
+    def revert(self, model: FleetModel, undo: Any) -> None:
+        del model.owners[self.owner]
+
 
 @dataclass(frozen=True, slots=True)
 class AddRegion:
     owner: str
     region: str
-
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -52,12 +53,14 @@ class AddRegion:
         model.add_region(self.owner, _check_id(self.region, "region"), where="AddRegion")
         return None
 
+    def revert(self, model: FleetModel, undo: Any) -> None:
+        del model.owners[self.owner][self.region]
+
 
 @dataclass(frozen=True, slots=True)
 class AddSite:
     region: str          # "owner/region"
     site: str
-
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -66,12 +69,15 @@ class AddSite:
         model.add_site(self.region, _check_id(self.site, "site"), where="AddSite")
         return None
 
+    def revert(self, model: FleetModel, undo: Any) -> None:
+        site = model.sites.pop(self.site)
+        del model.owners[site.owner][site.region][site.id]
+
 
 @dataclass(frozen=True, slots=True)
 class AddAsset:
     site: str            # site id or path
     asset: Mapping[str, Any] = field(hash=False)
-
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -79,11 +85,15 @@ class AddAsset:
     def apply(self, model: FleetModel) -> Any:
         return model.add_asset(model.site(self.site).id, self.asset, where="AddAsset.asset")
 
+    def revert(self, model: FleetModel, undo: Any) -> None:
+        spec: AssetSpec = undo
+        del model.sites[spec.site].assets[spec.id]
+        del model.assets[spec.id]
+
 
 @dataclass(frozen=True, slots=True)
 class DecommissionAsset:
     asset: str
-
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -95,12 +105,17 @@ class DecommissionAsset:
         model.retired[spec.id] = spec
         return spec
 
+    def revert(self, model: FleetModel, undo: Any) -> None:
+        spec: AssetSpec = undo
+        model.retired.pop(spec.id, None)
+        model.sites[spec.site].assets[spec.id] = spec
+        model.assets[spec.id] = spec
+
 
 @dataclass(frozen=True, slots=True)
 class MoveAsset:
     asset: str
     to_site: str
-
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -116,12 +131,18 @@ class MoveAsset:
         model.assets[spec.id] = moved
         return spec.site
 
+    def revert(self, model: FleetModel, undo: Any) -> None:
+        spec = model.assets[self.asset]
+        back = replace(spec, site=undo)
+        del model.sites[spec.site].assets[spec.id]
+        model.sites[back.site].assets[spec.id] = back
+        model.assets[spec.id] = back
+
 
 @dataclass(frozen=True, slots=True)
 class MoveSite:
     site: str
     to_region: str       # "owner/region", possibly of another owner
-
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -136,6 +157,14 @@ class MoveSite:
         site.owner, site.region = owner_id, region_id
         model.owners[owner_id][region_id][site.id] = site
         return previous
+
+    def revert(self, model: FleetModel, undo: Any) -> None:
+        site_id, region_path = undo
+        site = model.sites[site_id]
+        owner_id, region_id = region_path.split("/", 1)
+        del model.owners[site.owner][site.region][site.id]
+        site.owner, site.region = owner_id, region_id
+        model.owners[owner_id][region_id][site.id] = site
 
 
 Change = AddOwner | AddRegion | AddSite | AddAsset | DecommissionAsset | MoveAsset | MoveSite
@@ -201,36 +230,7 @@ def apply_change(model: FleetModel, change: Change, effective: float, recorded_a
 
 def undo(model: FleetModel, entry: ModelVersion) -> None:
     """Revert ``entry`` on ``model`` (used to rebuild past versions)."""
-    change = entry.change
-    if isinstance(change, AddOwner):
-        del model.owners[change.owner]
-    elif isinstance(change, AddRegion):
-        del model.owners[change.owner][change.region]
-    elif isinstance(change, AddSite):
-        site = model.sites.pop(change.site)
-        del model.owners[site.owner][site.region][site.id]
-    elif isinstance(change, AddAsset):
-        spec: AssetSpec = entry.undo
-        del model.sites[spec.site].assets[spec.id]
-        del model.assets[spec.id]
-    elif isinstance(change, DecommissionAsset):
-        spec = entry.undo
-        model.retired.pop(spec.id, None)
-        model.sites[spec.site].assets[spec.id] = spec
-        model.assets[spec.id] = spec
-    elif isinstance(change, MoveAsset):
-        spec = model.assets[change.asset]
-        back = replace(spec, site=entry.undo)
-        del model.sites[spec.site].assets[spec.id]
-        model.sites[back.site].assets[spec.id] = back
-        model.assets[spec.id] = back
-    elif isinstance(change, MoveSite):
-        site_id, region_path = entry.undo
-        site = model.sites[site_id]
-        owner_id, region_id = region_path.split("/", 1)
-        del model.owners[site.owner][site.region][site.id]
-        site.owner, site.region = owner_id, region_id
-        model.owners[owner_id][region_id][site.id] = site
+    entry.change.revert(model, entry.undo)
 
 
 def _check_id(value: Any, what: str) -> str:
