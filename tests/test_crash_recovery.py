@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 
 from twin import OUTCOMES, Fleet, FleetModel, Sample, VirtualClock
-from twin import _store_schema as schema
+from twin.store import schema
 from twin.testing import assert_consistent
 from twin.wire import unpack_batch
 

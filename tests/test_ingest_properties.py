@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from twin import OUTCOMES, Fleet, FleetModel, IngestReport, Sample, Store, VirtualClock
-from twin import _store_schema as schema
+from twin.store import schema
 from twin.testing import assert_consistent, fleet_dict
 from twin.wire import pack_batch, unpack_batch
 

@@ -20,7 +20,7 @@ import pytest
 from supervisors import SupervisionPolicy
 from tests.test_multiproc import alive, descendants, parent, wait_until
 from twin import Fleet, FleetModel, Sample, TwinError, VirtualClock
-from twin._hosting import free_port
+from twin.hosting.system import free_port
 from twin.testing import capture_logs, fleet_dict
 
 pytestmark = pytest.mark.slow

@@ -297,14 +297,22 @@ class BlockedWriter:
     def cut_connection(self) -> None:
         """Make the writer's current attempt fail as if its connection were lost."""
         if self.store.dialect == "postgresql":
-            with self.db.connect() as conn:
-                ended = conn.execute(text(
-                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND application_name = :app AND state = 'active' "
-                    "AND query LIKE 'INSERT INTO twin_samples%'"),
-                    {"app": application_name(self.store.url)}).scalars().all()
-            assert ended == [True], "the writer was not waiting inside its INSERT"
+            # the writer process may still be starting (ingest refuses after busy_timeout_s
+            # whether or not it got as far as its INSERT): wait until it waits on the lock
+            ended: list[bool] = []
+
+            def terminated() -> bool:
+                with self.db.connect() as conn:
+                    ended[:] = conn.execute(text(
+                        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND application_name = :app AND state = 'active' "
+                        "AND query LIKE 'INSERT INTO twin_samples%'"),
+                        {"app": application_name(self.store.url)}).scalars().all()
+                return bool(ended)
+
+            poll_until(terminated, "the writer to wait inside its INSERT")
+            assert ended == [True]
             return
         assert self._stopped is not None, "cut_connection() inside the with block"
         locker = sqlite3.connect(self.store.url.removeprefix("sqlite:///"), timeout=5,
@@ -811,7 +819,8 @@ def test_the_writer_process_exits_when_its_fleet_is_killed(store_url: str, tmp_p
 
 
 def test_the_writer_process_and_the_fleet_agree_on_which_outcomes_are_stored() -> None:
-    from twin import _persistence, _writer_process
+    from twin.store import persistence as _persistence
+    from twin.store import writer_process as _writer_process
     assert _persistence.STORED_OUTCOMES == _writer_process.STORED
 
 

@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("AssetSpec", "Defaults", "FleetModel"), "twin.core.model"),
     **dict.fromkeys(("KindRollup", "Rollup"), "twin.core.rollup"),
     **dict.fromkeys(("OUTCOMES", "IngestReport", "Sample", "SampleError"), "twin.core.samples"),
-    **dict.fromkeys(("Store", "StoreBusy", "StoreUnavailable"), "twin._store"),
+    **dict.fromkeys(("Store", "StoreBusy", "StoreUnavailable"), "twin.store.store"),
     **dict.fromkeys(("AssetView", "CommandReceipt"), "twin.core.views"),
 }
 
@@ -105,7 +105,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, imported eagerly
     from supervisors import OnExhausted, Strategy, SupervisionPolicy
     from twin._fleet import Fleet, PendingChange, Subscription
-    from twin._store import Store, StoreBusy, StoreUnavailable
     from twin.core.changes import (
         AddAsset,
         AddOwner,
@@ -144,3 +143,4 @@ if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, importe
     from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
     from twin.core.states import Transition
     from twin.core.views import AssetView, CommandReceipt
+    from twin.store.store import Store, StoreBusy, StoreUnavailable

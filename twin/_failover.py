@@ -26,20 +26,20 @@ import structlog
 
 from actors.asset import capacity_w
 from actors.groups import LeafSummary
-from twin._host_actors import ShardState
-from twin._persistence import Persistence
 from twin.core.clock import Clock
 from twin.core.errors import ShardDown
 from twin.core.model import FleetModel
 from twin.core.rollup import ROW_CAPACITY_W, ROW_UNKNOWN, ROW_WIDTH
 from twin.core.samples import IngestReport, Sample, SampleError
 from twin.core.states import Transition
+from twin.hosting.host_actors import ShardState
 from twin.runtime.shard import ShardConfig, ShardOutput, partial_key, site_key
 from twin.runtime.tree import RollupTree
+from twin.store.persistence import Persistence
 from twin.wire import pack_rows, unpack_batch
 
 if TYPE_CHECKING:
-    from twin._hosting import Hosting, ShardClient
+    from twin.hosting.system import Hosting, ShardClient
 
 log = structlog.get_logger("twin.fleet")
 

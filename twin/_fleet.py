@@ -23,11 +23,8 @@ import structlog
 from actors.asset import CommandAccepted, Unavailable
 from supervisors import SupervisionPolicy
 from twin._failover import Failover
-from twin._hosting import EMBEDDED_BASE, Hosting, ShardClient
 from twin._metrics import exposition, registry_for
-from twin._persistence import Persistence
 from twin._recovery import Recovery
-from twin._store import Store, StoreBusy, StoreUnavailable
 from twin.core.changes import (
     AddAsset,
     AddSite,
@@ -52,8 +49,11 @@ from twin.core.rollup import Rollup
 from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
 from twin.core.states import Transition
 from twin.core.views import AssetView, CommandReceipt
+from twin.hosting.system import EMBEDDED_BASE, Hosting, ShardClient
 from twin.runtime.shard import ShardConfig, ShardOutput, partial_key
 from twin.runtime.tree import RollupTree
+from twin.store.persistence import Persistence
+from twin.store.store import Store, StoreBusy, StoreUnavailable
 from twin.wire import pack_batch, pack_rows, sample_error, unpack_batch
 
 log = structlog.get_logger("twin.fleet")

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from twin._persistence import Persistence
-from twin._store import Store, StoredVersion
 from twin.core.changes import Change, ModelVersion, change_from_dict
 from twin.core.clock import Clock
 from twin.core.errors import ShardDown, TwinError
 from twin.core.model import FleetModel
 from twin.core.samples import IngestReport, Sample
 from twin.core.states import Transition
+from twin.store.persistence import Persistence
+from twin.store.store import Store, StoredVersion
 from twin.wire import unpack_batch
 
 if TYPE_CHECKING:
-    from twin._hosting import ShardClient
+    from twin.hosting.system import ShardClient
 
 log = structlog.get_logger("twin.fleet")
 

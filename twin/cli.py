@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,6 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from twin.core.errors import TwinError
+
+# modules with an ``add_parser(subcommands)`` that adds their own ``twin`` command
+COMMAND_MODULES = ("twin.web.cli", "sim.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,13 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--capability", action="append", default=[], metavar="NAME=VALUE",
                       help="an extra Thespian capability of this node (repeatable)")
 
-    # the simulator and the live view register their own commands (imported here, not at
-    # module level: the cli sits above both in the import graph)
-    from sim.cli import add_parser as add_sim_command
-    from twin.web.cli import add_parser as add_serve_command
-
-    add_sim_command(commands)
-    add_serve_command(commands)
+    # the live view and the simulator register their own commands; they are found by name
+    # so this entry point imports neither (the simulator sits above the edges it drives)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(commands)
 
     args = parser.parse_args(argv)
     _log_to_stderr()
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo(sys.stdout, assets=args.assets, silent=args.silent, minutes=args.minutes,
                      seed=args.seed, store=_demo_store(args.store))
         elif args.command == "node":
-            from twin._node import parse_capabilities, run_node
+            from twin.hosting.node import parse_capabilities, run_node
 
             return run_node(args.join, args.name, args.port,
                             parse_capabilities(args.capability))

@@ -3,7 +3,7 @@
 Whole sites live on one shard (DESIGN decision 2), so asset → site roll-up never leaves it.
 Every call takes the time (``now``) from the caller and returns a :class:`ShardOutput`: the
 changed leaf summaries (whole and versioned), the state transitions, and the call's reply.
-This class is plain Python; :mod:`twin._hosting` runs it inside a Thespian actor.
+This class is plain Python; :mod:`twin.hosting.system` runs it inside a Thespian actor.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from twin._fleet import Fleet
-from twin._store import StoreBusy, StoreUnavailable
 from twin.core.errors import FleetClosed, IngestError, UnknownAsset, UnknownPath
+from twin.store.store import StoreBusy, StoreUnavailable
 from twin.web.auth import (
     WS_PROTOCOL,
     FailureLimiter,

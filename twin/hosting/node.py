@@ -47,7 +47,7 @@ def run_node(join: str, name: str, port: int, capabilities: Mapping[str, str],
     os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", REREGISTRATION)
     from thespian.actors import ActorSystem
 
-    from twin._host_actors import NODE_CAPABILITY
+    from twin.hosting.host_actors import NODE_CAPABILITY
 
     caps = {**capabilities, "Admin Port": port, "Convention Address.IPv4": leader,
             NODE_CAPABILITY: name}

@@ -5,7 +5,8 @@ Writes take two paths:
 * the **raw log** append is synchronous and committed (fsync'd on SQLite: WAL with
   ``synchronous=FULL``) before ``Fleet.ingest`` returns: what is acknowledged is durable;
 * **derived rows** (classified samples, state transitions) are built and written by a writer
-  *process* (:mod:`twin._writer`, :mod:`twin._writer_process`), on a core of its own, which
+  *process* (:mod:`twin.store.writer`, :mod:`twin.store.writer_process`), on a core of its
+  own, which
   batches them (size or time, whichever first) and retries with exponential backoff and
   jitter while the database is unavailable, losing nothing. When ``queue_batches`` batches
   are in flight, ingest waits (up to ``busy_timeout_s``) before it appends anything, then
@@ -17,7 +18,7 @@ snapshot is taken only once the writer has caught up, so a restart replays the l
 newest snapshot's offset. Replays are idempotent (conflicting rows are ignored).
 
 On SQLite, the writes of this process and of the writer process take a shared file lock
-(:class:`twin._writer_process.FileLock`, ``<database>-twinlock``) around their transactions,
+(:class:`twin.store.writer_process.FileLock`, ``<database>-twinlock``) around their transactions,
 so that each waits exactly as long as the other's transaction lasts.
 """
 
@@ -36,10 +37,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, select,
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from twin import _store_schema as schema
-from twin._writer import StoreBusy, StoreUnavailable, Writer
-from twin._writer_process import FileLock
 from twin.core.errors import TwinError
+from twin.store import schema
+from twin.store.writer import StoreBusy, StoreUnavailable, Writer
+from twin.store.writer_process import FileLock
 
 log = structlog.get_logger("twin.store")
 

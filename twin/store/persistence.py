@@ -9,9 +9,9 @@ from typing import Any
 
 import msgpack
 
-from twin._store import Snapshot, Store
 from twin.core.samples import ACCEPTED, ANOMALOUS, LATE, Sample
 from twin.core.states import Transition
+from twin.store.store import Snapshot, Store
 
 # Outcomes whose samples get a row in twin_samples: clean ones (the newest moves state, late
 # ones are history) and anomalous ones (kept raw, flagged by their outcome code). The writer

@@ -1,7 +1,7 @@
 """Thespian hosting: the fleet supervisor and shard hosts as Thespian actors.
 
 Thespian's camelCase API and its message conventions stay inside this module (and
-:mod:`twin._host_actors`). A shard host is a Thespian actor holding one
+:mod:`twin.hosting.host_actors`). A shard host is a Thespian actor holding one
 :class:`twin.runtime.shard.Shard` (thousands of lightweight asset actors); the fleet supervisor
 is the
 Thespian actor that creates the shard hosts and, on the multi-process bases, watches them
@@ -28,7 +28,8 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from supervisors import SupervisionPolicy
-from twin._host_actors import (
+from twin.core.errors import ShardDown, TwinError
+from twin.hosting.host_actors import (
     LOCAL,
     NODE_CAPABILITY,
     FleetSupervisor,
@@ -42,7 +43,6 @@ from twin._host_actors import (
     StatusReply,
     StatusRequest,
 )
-from twin.core.errors import ShardDown, TwinError
 from twin.runtime.shard import ShardConfig
 
 EMBEDDED_BASE = "simpleSystemBase"

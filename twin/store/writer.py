@@ -1,4 +1,4 @@
-"""The fleet's side of the derived-row writer process (:mod:`twin._writer_process`).
+"""The fleet's side of the derived-row writer process (:mod:`twin.store.writer_process`).
 
 The fleet sends each logged batch as one compact message: its log offset, arrival time, the
 batch's wire payload (or, when that cannot stand for the samples, the samples re-packed),
@@ -29,12 +29,12 @@ from typing import IO, Any, Final
 import msgpack
 import structlog
 
-from twin._writer_process import BATCH, CLOSE, FLUSH, HEADER, ROWS
 from twin.core.errors import TwinError
+from twin.store.writer_process import BATCH, CLOSE, FLUSH, HEADER, ROWS
 
 log = structlog.get_logger("twin.store")
 
-SCRIPT: Final = Path(__file__).with_name("_writer_process.py")
+SCRIPT: Final = Path(__file__).with_name("writer_process.py")
 _F_SETPIPE_SZ: Final = 1031          # Linux: a pipe's capacity
 _PIPE_BYTES: Final = 1 << 20         # the default ceiling for unprivileged processes
 

@@ -1,9 +1,9 @@
-"""The store's derived-row writer, a process of its own (``python -P _writer_process.py``).
+"""The store's derived-row writer, a process of its own (``python -P writer_process.py``).
 
 It builds the ``twin_samples`` and ``twin_transitions`` rows of each logged batch and writes
 them with the driver's ``executemany``, on a core of its own: in the fleet's process, row
 building and binding competed with ingestion for the interpreter lock. It is started by
-:class:`twin._writer.Writer`, which also documents the protocol; it imports only the
+:class:`twin.store.writer.Writer`, which also documents the protocol; it imports only the
 standard library, msgpack and the database driver (not the ``twin`` package), so it starts
 in a few tens of milliseconds.
 
