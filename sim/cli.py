@@ -14,7 +14,6 @@ from typing import Any
 
 from sim.config import (
     DEFAULT_DEADBAND,
-    DEFAULT_REPORT_EVERY,
     SimConfig,
     SimConfigError,
     parse_duration,
@@ -26,6 +25,7 @@ from sim.faults import load_faults
 from sim.report import build_report, report_json
 from sim.runner import Progress, build_model, run_simulation
 from sim.summary import write_plain, write_rich
+from twin.fleetgen import DEFAULT_REPORT_EVERY
 
 EXAMPLES = """examples:
   twin sim --assets 2000 --duration 2h --speed max --faults default

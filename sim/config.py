@@ -13,15 +13,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from twin import TwinError
+from twin.fleetgen import DEFAULT_REPORT_EVERY, KINDS
 
-KINDS = ("turbine", "battery", "charger")
 START = 1767225600.0     # 2026-01-01T00:00:00Z: every run starts here, so runs repeat exactly
 
 DEFAULT_MIX: Mapping[str, float] = MappingProxyType(
     {"turbine": 0.5, "battery": 0.3, "charger": 0.2})
-# periodic report interval per kind (the model's report_interval_s; offline after 3x that)
-DEFAULT_REPORT_EVERY: Mapping[str, float] = MappingProxyType(
-    {"turbine": 30.0, "battery": 30.0, "charger": 60.0})
 # a device reports between periodic reports when a value moved by more than this fraction of
 # its rating (kW) since its last report
 DEFAULT_DEADBAND: Mapping[str, float] = MappingProxyType(

@@ -11,38 +11,17 @@ from twin.core.clock import VirtualClock
 from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
 from twin.core.samples import Sample
+from twin.fleetgen import KINDS, generate_fleet
 
 START = 1767225600.0   # 2026-01-01T00:00:00Z
-_KINDS = (("turbine", {"rated_kw": 3000.0}, 0.45),
-          ("battery", {"rated_kw": 5.0, "capacity_kwh": 13.5}, 0.35),
-          ("charger", {"rated_kw": 150.0}, 0.20))
+MIX = {"turbine": 0.45, "battery": 0.35, "charger": 0.20}
 
 
 def demo_model(assets: int, seed: int) -> dict[str, Any]:
-    """Owners → regions → sites of 8-20 assets, kinds mixed, deterministic for ``seed``."""
-    rng = random.Random(seed)
-    owners: list[dict[str, Any]] = [{"id": name, "regions": []} for name in ("acme", "borealis")]
-    regions: list[tuple[dict[str, Any], dict[str, Any]]] = [
-        (owners[i % 2], {"id": name, "sites": []})
-               for i, name in enumerate(("north", "coast", "south", "plains"))]
-    for owner, region in regions:
-        owner["regions"].append(region)
-    made = 0
-    site_no = 0
-    while made < assets:
-        owner, region = regions[site_no % len(regions)]
-        size = min(assets - made, rng.randint(8, 20))
-        site: dict[str, Any] = {"id": f"site-{site_no:02d}", "assets": []}
-        for _ in range(size):
-            kind, fields, _ = rng.choices(_KINDS, weights=[k[2] for k in _KINDS])[0]
-            site["assets"].append({"id": f"{kind[0]}-{made:04d}", "kind": kind, **fields})
-            made += 1
-        region["sites"].append(site)
-        site_no += 1
-    batteries = [a["id"] for o in owners for r in o["regions"] for s in r["sites"]
-                 for a in s["assets"] if a["kind"] == "battery"]
-    return {"defaults": {"report_interval_s": 10, "offline_after_s": 30}, "owners": owners,
-            "groups": {"vpp/batteries": batteries[: len(batteries) // 2]}}
+    """Two owners over four regions, sites of about 14 assets of one kind, every asset
+    reporting each 10 s (offline after 30 s); deterministic for ``seed``."""
+    return generate_fleet(assets, owners=2, regions=4, sites=max(1, assets // 14), mix=MIX,
+                          seed=seed, report_every=dict.fromkeys(KINDS, 10.0))
 
 
 def run_demo(out: TextIO, assets: int = 300, silent: float = 0.08, minutes: float = 3.0,
