@@ -142,10 +142,6 @@ class AssetKind:
         value = reported.get(self.power_signal)
         return None if value is None else float(value)
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "signals": sorted(self.signals),
-                "commands": sorted(self.commands), "fields": list(self.fields)}
-
     def __repr__(self) -> str:
         return f"<AssetKind {self.name}>"
 
