@@ -347,9 +347,7 @@ class Fleet(Recovery, Failover):
         clean: list[Sample] = []
         indices: list[int] = []
         for i, s in enumerate(batch):
-            error = (sample_error(i, s) if type(s) is Sample else
-                     SampleError(i, getattr(s, "asset_id", None), "sample", type(s).__name__,
-                                 "expected a twin.Sample"))
+            error = sample_error(i, s)
             if error is None:
                 clean.append(s)
                 indices.append(i)
