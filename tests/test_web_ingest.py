@@ -6,7 +6,9 @@ received add up to the fleet's counters."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -134,3 +136,38 @@ def test_a_report_always_renders_as_json_even_with_odd_values() -> None:
     rendered = json.loads(report_body(report))
     assert rendered["rejected"] == 3 and len(rendered["errors"]) == 3
     assert all(len(json.dumps(e)) < 1500 for e in rendered["errors"])
+
+
+# -- applied means reported ------------------------------------------------------------------
+
+def refuse_snapshots(url: str) -> None:
+    """Make the store refuse every snapshot (a real SQLite trigger), while the log and the
+    derived rows keep working: a failure that comes after a batch was applied."""
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON twin_snapshots "
+                   "BEGIN SELECT RAISE(ABORT, 'snapshots refused'); END")
+
+
+async def test_a_batch_applied_is_its_200_report_even_if_the_snapshot_after_it_fails(
+        aiohttp_client: AiohttpClient, model: FleetModel, clock: VirtualClock,
+        tmp_path: Path) -> None:
+    from twin import Sample
+
+    url = f"sqlite:///{tmp_path / 'twin.db'}"
+    with Fleet(model, clock=clock, store=url, snapshot_every_batches=1) as fleet:
+        refuse_snapshots(url)
+        client = await aiohttp_client(create_app(fleet, tick_s=0.05))
+        received = 0
+        with capture_logs() as entries:
+            for n in range(3):
+                clock.advance(1.0)
+                response = await client.post("/api/ingest", headers=MSGPACK, data=pack_batch(
+                    [Sample("t-01", clock.now(), {"power_kw": 5.0 + n})]))
+                assert response.status == 200
+                received += (await response.json())["accepted"]
+        report = fleet.ingest([Sample("t-01", clock.now() + 1, {"power_kw": 9.0})])
+        metrics = fleet.metrics()
+        assert (report.accepted, received) == (1, 3)
+        assert (metrics["batches"], metrics["samples_accepted"], metrics["snapshots"]) == (4, 4, 0)
+        assert {e["event"] for e in entries} == {"snapshot_failed"}
+        assert fleet.asset("t-01").reported == {"power_kw": 9.0}

@@ -48,7 +48,7 @@ from twin._model import FleetModel
 from twin._persistence import Persistence
 from twin._recovery import Recovery
 from twin._rollup import Rollup
-from twin._samples import OUTCOMES, IngestReport, Sample, SampleError
+from twin._samples import OUTCOMES, IngestReport, Sample, SampleError, brief
 from twin._shard import ShardConfig, ShardOutput, Transition, partial_key
 from twin._store import Store, StoreBusy, StoreUnavailable
 from twin._tree import RollupTree
@@ -264,7 +264,12 @@ class Fleet(Recovery, Failover):
             self._counters["batch_bytes"] += len(payload) if payload is not None else 0
             for name, n in report.counts().items():
                 self._counters[f"samples_{name}"] += n
-            self._maybe_snapshot(now)
+            try:
+                self._maybe_snapshot(now)
+            except Exception as error:
+                # the batch is applied, counted and in the log: its report stands (a caller
+                # told otherwise would send it again); the snapshot is retried next batch
+                log.error("snapshot_failed", reason=brief(error, 200))
             self._notify()
         return report
 
