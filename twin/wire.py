@@ -214,4 +214,5 @@ def _show(value: Any) -> Any:
     return brief(value)
 
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_DEPTH", "VERSION", "Batch", "pack_batch", "sample_error", "unpack_batch"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_DEPTH", "VERSION", "Batch", "pack_batch", "sample_error",
+           "unpack_batch"]
