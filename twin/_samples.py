@@ -97,12 +97,15 @@ def brief(value: Any, limit: int = SHOWN_CHARS) -> str:
 def plain(value: Any, limit: int = SHOWN_CHARS) -> Any:
     """``value`` itself if it is nil, a bool, a number (ints within 64 bits) or a string of at
     most ``limit`` characters; else its :func:`brief` rendering."""
+    return value if _is_plain(value, limit) else brief(value, limit)
+
+
+def _is_plain(value: Any, limit: int = SHOWN_CHARS) -> bool:
     kind = type(value)
-    if (value is None or kind is bool or kind is float or
-            (kind is int and value.bit_length() <= _INT_BITS) or
-            (kind is str and len(value) <= limit)):
-        return value
-    return brief(value, limit)
+    if kind is str:
+        return len(value) <= limit
+    return (value is None or kind is bool or kind is float or
+            (kind is int and value.bit_length() <= _INT_BITS))
 
 
 def _cut(text: str, limit: int) -> str:
@@ -169,14 +172,22 @@ class SampleError:
     reason: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "asset_id", plain(self.asset_id))
-        object.__setattr__(self, "value", plain(self.value))
+        # the common error (short strings throughout) costs four checks: a batch of rejects
+        # makes thousands of these
+        asset_id, value, field, reason = self.asset_id, self.value, self.field, self.reason
+        if (type(asset_id) is not str or len(asset_id) > SHOWN_CHARS) and not _is_plain(
+                asset_id):
+            object.__setattr__(self, "asset_id", brief(asset_id))
+        if (type(value) is not str or len(value) > SHOWN_CHARS) and not _is_plain(value):
+            object.__setattr__(self, "value", brief(value))
         # a field names a signal the sender chose ("signals.<name>"); a reason may quote an
         # exception's message
-        object.__setattr__(self, "field", _cut(self.field, _FIELD_CHARS)
-                           if type(self.field) is str else brief(self.field))
-        object.__setattr__(self, "reason", _cut(self.reason, _REASON_CHARS)
-                           if type(self.reason) is str else brief(self.reason, _REASON_CHARS))
+        if type(field) is not str or len(field) > _FIELD_CHARS:
+            object.__setattr__(self, "field", _cut(field, _FIELD_CHARS)
+                               if type(field) is str else brief(field))
+        if type(reason) is not str or len(reason) > _REASON_CHARS:
+            object.__setattr__(self, "reason", _cut(reason, _REASON_CHARS)
+                               if type(reason) is str else brief(reason, _REASON_CHARS))
 
     def __str__(self) -> str:
         return (f"sample {self.index} (asset {self.asset_id!r}): {self.field}={self.value!r}: "
