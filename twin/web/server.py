@@ -229,7 +229,7 @@ async def _ingest(request: web.Request) -> web.Response:
         return _refused(request, 503, f"not accepted, retry: {error}", retry_after=1)
     except (StoreUnavailable, FleetClosed) as error:
         return _refused(request, 503, f"not accepted: {error}", retry_after=5)
-    except Exception as error:   # our fault; Fleet.ingest applies nothing when it raises
+    except Exception as error:   # a fault of ours: answered and logged once, like the rest
         return _refused(request, 500, f"not accepted: internal error ({type(error).__name__})",
                         detail=brief(error, 200))
     return web.Response(body=report_body(report), content_type="application/json")
