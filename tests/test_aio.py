@@ -70,3 +70,22 @@ def test_closed_says_whether_the_fleet_was_closed(fleet: Fleet) -> None:
     assert not fleet.closed
     fleet.close()
     assert fleet.closed
+
+
+def test_async_ingest_refuses_what_fleet_ingest_refuses_as_a_whole(fleet: Fleet) -> None:
+    from twin import IngestError
+
+    async def scenario() -> list[str]:
+        refused = []
+        async with AsyncFleet(fleet) as afleet:
+            # a str or a mapping is not read as a list of characters or keys; a nested body
+            # is an IngestError, not a RecursionError
+            for batch in ("[1, '', null, []]", {"samples": []}, b"\x91" * 1000 + b"\xc0"):
+                try:
+                    await afleet.ingest(batch)  # type: ignore[arg-type]
+                except IngestError as error:
+                    refused.append(str(error)[:20])
+        return refused
+
+    assert len(asyncio.run(scenario())) == 3
+    assert fleet.metrics()["batches"] == 0

@@ -46,7 +46,7 @@ from twin.core.errors import (
 )
 from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
-from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
+from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError, brief
 from twin.core.states import Transition
 from twin.core.views import AssetView, CommandReceipt
 from twin.hosting.system import EMBEDDED_BASE, Hosting, ShardClient
@@ -265,7 +265,12 @@ class Fleet(Recovery, Failover):
             self._counters["batch_bytes"] += len(payload) if payload is not None else 0
             for name, n in report.counts().items():
                 self._counters[f"samples_{name}"] += n
-            self._maybe_snapshot(now)
+            try:
+                self._maybe_snapshot(now)
+            except Exception as error:
+                # the batch is applied, counted and in the log: its report stands (a caller
+                # told otherwise would send it again); the snapshot is retried next batch
+                log.error("snapshot_failed", reason=brief(error, 200))
             self._notify()
         return report
 
@@ -348,9 +353,7 @@ class Fleet(Recovery, Failover):
         clean: list[Sample] = []
         indices: list[int] = []
         for i, s in enumerate(batch):
-            error = (sample_error(i, s) if type(s) is Sample else
-                     SampleError(i, getattr(s, "asset_id", None), "sample", type(s).__name__,
-                                 "expected a twin.Sample"))
+            error = sample_error(i, s)
             if error is None:
                 clean.append(s)
                 indices.append(i)

@@ -40,8 +40,13 @@ class AsyncFleet:
         return await loop.run_in_executor(self._executor, fn, *args)
 
     async def ingest(self, samples: Iterable[Sample] | bytes) -> IngestReport:
-        """A batch: Sample objects, or msgpack bytes in the wire format (kept as they are)."""
-        batch = samples if isinstance(samples, bytes | bytearray | memoryview) else list(samples)
+        """A batch: Sample objects, or msgpack bytes in the wire format (kept as they are).
+        Raises what :meth:`Fleet.ingest` raises (:class:`twin.IngestError` for a batch that
+        cannot be read as a whole: nothing of it applied)."""
+        # an iterable is read here, on the caller's side; bytes, and a str or a mapping (which
+        # Fleet.ingest refuses whole rather than as a list of characters or keys), go as is
+        batch = (samples if isinstance(samples, bytes | bytearray | memoryview | str | Mapping)
+                 else list(samples))
         return await self._run(self.fleet.ingest, batch)
 
     async def rollup(self, path: str) -> Rollup:

@@ -18,10 +18,11 @@ from typing import Any, Final
 import msgpack
 
 from twin.core.errors import IngestError
-from twin.core.samples import Sample, SampleError
+from twin.core.samples import Sample, SampleError, brief
 
 VERSION: Final = 1
 MAX_BATCH_BYTES: Final = 64 * 2**20     # one batch; a bigger payload is refused unread
+MAX_DEPTH: Final = 1024                 # msgpack's own nesting limit (its decoder's stack)
 _SAMPLE_FIELDS: Final = ("asset_id", "ts", "seq", "signals")
 
 
@@ -49,7 +50,7 @@ def pack_batch(samples: Iterable[Any], source: str = "", sent_at: float | None =
                        else f"not a Sample: {_show(s)}" for s in samples]
     try:
         packed: bytes = msgpack.packb([VERSION, source, sent_at, rows], use_bin_type=True)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:                 # not encodable, or nested too deep: row by row
         packed = msgpack.packb([VERSION, source, sent_at, [_encodable(r) for r in rows]],
                                use_bin_type=True)
     return packed
@@ -57,11 +58,12 @@ def pack_batch(samples: Iterable[Any], source: str = "", sent_at: float | None =
 
 def _encodable(row: Any) -> Any:
     """The row itself if msgpack can encode it; else with each value it cannot encode put as
-    its repr (the runtime then rejects that field as it would have rejected the value)."""
+    its bounded repr (the runtime then rejects that field as it would have rejected the
+    value)."""
     try:
         msgpack.packb(row, use_bin_type=True)
         return row
-    except (TypeError, ValueError, OverflowError):
+    except Exception:
         pass
     if type(row) is list and len(row) == 4:
         asset_id, ts, seq, signals = row
@@ -71,21 +73,29 @@ def _encodable(row: Any) -> Any:
     try:
         msgpack.packb(row, use_bin_type=True)
         return row
-    except (TypeError, ValueError, OverflowError) as error:
-        return f"not encodable ({error}): {_show(row)}"
+    except Exception as error:
+        return f"not encodable ({brief(error)}): {brief(row)}"
 
 
 def _leaf(value: Any) -> Any:
     try:
         msgpack.packb(value, use_bin_type=True)
         return value
-    except (TypeError, ValueError, OverflowError):
-        return repr(value)
+    except Exception:
+        return brief(value)
 
 
-def sample_error(index: int, sample: Sample) -> SampleError | None:
+def sample_error(index: int, sample: Any) -> SampleError | None:
     """What the wire decoder would reject in ``sample`` (``None`` if nothing), so Sample
-    objects given in-process meet the same rules as decoded ones."""
+    objects given in-process meet the same rules as decoded ones; anything but a Sample is
+    rejected."""
+    if type(sample) is not Sample:
+        try:
+            asset_id = getattr(sample, "asset_id", None)
+        except Exception:                  # a property that raises: still only this sample
+            asset_id = None
+        return SampleError(index, asset_id, "sample", type(sample).__name__,
+                           "expected a twin.Sample")
     if (type(sample.asset_id) is str and type(sample.signals) is dict and
             (sample.seq is None or type(sample.seq) is int)):
         return None
@@ -100,17 +110,22 @@ def unpack_batch(payload: bytes | bytearray | memoryview) -> Batch:
         raise IngestError(f"batch of {len(payload):,} bytes is over the limit of "
                           f"{MAX_BATCH_BYTES:,}; split it")
     try:
+        # msgpack bounds what a payload may declare by its length (max_*_len default to it)
+        # and its nesting by a fixed stack: nothing here recurses in Python
         raw = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)
-    except Exception as error:           # msgpack raises several unrelated types
-        raise IngestError(f"batch is not valid msgpack ({type(error).__name__}: {error})"
+    except msgpack.StackError:
+        raise IngestError(f"batch nests arrays or maps more than {MAX_DEPTH} levels deep"
                           ) from None
+    except Exception as error:           # msgpack raises several unrelated types
+        raise IngestError(f"batch is not valid msgpack ({type(error).__name__}: "
+                          f"{str(error)[:200]})") from None
     if not isinstance(raw, list) or len(raw) != 4:
         raise IngestError("batch must be an array [version, source, sent_at, samples], got "
                           f"{_show(raw)}")
     version, source, sent_at, rows = raw
     if version != VERSION or type(version) is not int:
-        raise IngestError(f"batch format version {version!r} is not supported (this runtime "
-                          f"reads version {VERSION})")
+        raise IngestError(f"batch format version {brief(version)} is not supported (this "
+                          f"runtime reads version {VERSION})")
     if not isinstance(source, str) or "\x00" in source:
         raise IngestError(f"batch field 'source' must be a string without NUL characters, "
                           f"got {_show(source)}")
@@ -144,15 +159,24 @@ def unpack_batch(payload: bytes | bytearray | memoryview) -> Batch:
     return batch
 
 
+def _sample_error(index: int, row: Any) -> SampleError:
+    """Why ``row`` is not a sample; checking one sample can only ever reject that sample."""
+    try:
+        return _row_error(index, row)
+    except Exception as error:
+        return SampleError(index, None, "sample", f"<{type(row).__name__}>",
+                           f"could not be checked ({type(error).__name__})")
+
+
 def pack_rows(samples: Iterable[Sample]) -> bytes:
     """Samples already screened (see :func:`unpack_batch`) as compact msgpack rows: how a
     routed part of a batch crosses into a shard host's process."""
     rows = [[s.asset_id, s.ts, s.seq, s.signals] for s in samples]
     try:
         packed: bytes = msgpack.packb(rows, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError):
-        # a signal value msgpack cannot encode travels as its repr; the asset actor then
-        # rejects that signal as it would have rejected the value itself
+    except Exception:
+        # a signal value msgpack cannot encode (or nested too deep) travels as its bounded
+        # repr; the asset actor then rejects that signal as it would have the value itself
         packed = msgpack.packb([_encodable(r) for r in rows], use_bin_type=True)
     return packed
 
@@ -163,7 +187,7 @@ def unpack_rows(packed: bytes) -> list[Sample]:
                                                              strict_map_key=False)]
 
 
-def _sample_error(index: int, row: Any) -> SampleError:
+def _row_error(index: int, row: Any) -> SampleError:
     if type(row) is str and row.startswith(("not a Sample: ", "not encodable")):
         return SampleError(index, None, "sample", row, "expected a twin.Sample the wire "
                            "format can encode (an array [asset_id, ts, seq, signals])")
@@ -180,12 +204,15 @@ def _sample_error(index: int, row: Any) -> SampleError:
                        "expected a map of signal name to value")
 
 
-def _show(value: Any, limit: int = 60) -> Any:
-    """A value fit for an error message: itself if small and plain, else a short repr."""
-    if value is None or type(value) in (bool, int, float):
+def _show(value: Any) -> Any:
+    """A value fit for an error message: nil, a bool or a number as itself, anything else as
+    its bounded repr (:func:`twin._samples.brief`: cut to 60 characters, never deep)."""
+    kind = type(value)
+    if value is None or kind is bool or kind is float or (kind is int and
+                                                          value.bit_length() <= 64):
         return value
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return brief(value)
 
 
-__all__ = ["MAX_BATCH_BYTES", "VERSION", "Batch", "pack_batch", "sample_error", "unpack_batch"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_DEPTH", "VERSION", "Batch", "pack_batch", "sample_error",
+           "unpack_batch"]

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import structlog
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from twin._fleet import Fleet
 from twin.core.errors import FleetClosed, IngestError, UnknownAsset, UnknownPath
+from twin.core.samples import IngestReport, brief
 from twin.store.store import StoreBusy, StoreUnavailable
 from twin.web.auth import (
     WS_PROTOCOL,
@@ -39,6 +41,8 @@ from twin.web.auth import (
 from twin.web.history import History
 from twin.web.live import LiveHub, jsonable
 from twin.wire import MAX_BATCH_BYTES
+
+log = structlog.get_logger("twin.web")
 
 STATIC_DIR = Path(str(resources.files("twin.web") / "static"))
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico"})
@@ -206,34 +210,67 @@ async def _asset(request: web.Request) -> web.Response:
 
 
 async def _ingest(request: web.Request) -> web.Response:
-    """A msgpack batch in the wire format; the ingest report as JSON."""
+    """A msgpack batch in the wire format; the ingest report as JSON.
+
+    Once the fleet has applied a batch the answer is its 200 report, whatever the batch held
+    (:func:`report_body` cannot fail): a client that retries on 5xx never sends an applied
+    batch twice. A refused batch gets one log line and an answer naming the problem."""
     state = request.app[STATE]
     if request.content_type not in INGEST_TYPES:
-        return _error(415, f"Content-Type: {request.content_type!r} is not a msgpack batch "
-                           "(send application/msgpack, the wire format of docs/wire-format.md)")
+        return _refused(request, 415, f"Content-Type: {brief(request.content_type)} is not a "
+                        "msgpack batch (send application/msgpack, the wire format of "
+                        "docs/wire-format.md)")
     body = await request.read()
     try:
         report = await state.hub.call(state.fleet.ingest, body)
     except IngestError as error:
-        return _error(400, str(error))
+        return _refused(request, 400, str(error))
     except StoreBusy as error:
-        return _error(503, f"not accepted, retry: {error}", headers={"Retry-After": "1"})
+        return _refused(request, 503, f"not accepted, retry: {error}", retry_after=1)
     except (StoreUnavailable, FleetClosed) as error:
-        return _error(503, f"not accepted: {error}", headers={"Retry-After": "5"})
-    return web.json_response({
-        "total": report.total, **report.counts(),
-        "errors": [{"index": e.index, "asset_id": _plain(e.asset_id), "field": e.field,
-                    "value": _plain(e.value), "reason": e.reason, "message": str(e)}
-                   for e in report.errors]})
+        return _refused(request, 503, f"not accepted: {error}", retry_after=5)
+    except Exception as error:   # a fault of ours: answered and logged once, like the rest
+        return _refused(request, 500, f"not accepted: internal error ({type(error).__name__})",
+                        detail=brief(error, 200))
+    return web.Response(body=report_body(report), content_type="application/json")
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-safe form of a rejected sample's value (its repr if it is not plain)."""
-    if value is None or isinstance(value, bool | int | str):
+def _refused(request: web.Request, status: int, message: str, *, retry_after: int = 0,
+             detail: str = "") -> web.Response:
+    """The answer to a refused batch, and its one log line (never a traceback: a stream of
+    bad requests must not become a stream of multi-kilobyte log entries)."""
+    level = log.error if status >= 500 else log.warning
+    level("ingest_refused", status=status, reason=message[:300], remote=request.remote,
+          size=request.content_length, **({"detail": detail} if detail else {}))
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return _error(status, message, headers=headers)
+
+
+def report_body(report: IngestReport) -> bytes:
+    """The ingest report as JSON. Never raises: should an error entry not render, the counts
+    (plain ints) are sent without the entries, which say so."""
+    counts = {"total": report.total, **report.counts()}
+    try:
+        errors = [{"index": e.index, "asset_id": _plain(e.asset_id), "field": _plain(e.field),
+                   "value": _plain(e.value), "reason": _plain(e.reason, 400),
+                   "message": _plain(str(e), 1000)} for e in report.errors]
+        return json.dumps({**counts, "errors": errors}).encode()
+    except Exception as error:
+        log.error("ingest_report_unrendered", reason=brief(error, 200))
+        return json.dumps({**counts, "errors": [], "errors_unrendered": len(report.errors)}
+                          ).encode()
+
+
+def _plain(value: Any, limit: int = 200) -> Any:
+    """A JSON-safe form of a rejected sample's value (a bounded repr if it is not plain)."""
+    if value is None or isinstance(value, bool) or (type(value) is int and
+                                                    value.bit_length() <= 64):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    return repr(value)
+    if type(value) is str and len(value) <= limit:
+        return value
+    if type(value) is float and math.isfinite(value):
+        return value
+    return brief(value, limit)
 
 
 async def _metrics(request: web.Request) -> web.Response:
