@@ -189,6 +189,11 @@ class SampleError:
             object.__setattr__(self, "reason", _cut(reason, _REASON_CHARS)
                                if type(reason) is str else brief(reason, _REASON_CHARS))
 
+    @classmethod
+    def unknown_asset(cls, index: int, asset_id: Any) -> SampleError:
+        """The rejection of a sample whose asset the fleet model does not hold."""
+        return cls(index, asset_id, "asset_id", asset_id, "unknown asset: not in the fleet model")
+
     def __str__(self) -> str:
         return (f"sample {self.index} (asset {self.asset_id!r}): {self.field}={self.value!r}: "
                 f"{self.reason}")

@@ -100,7 +100,7 @@ class Shard:
             return
         tally = LeafTally(site_key(site_id), self._dirty)
         tally.mark()                      # an empty site is still worth a first summary
-        supervisor = Supervisor(f"site:{site_id}", self.config.asset_policy,
+        supervisor = Supervisor(site_key(site_id), self.config.asset_policy,
                                 kernel=self.kernel, clock=self._clock, rng=self._rng,
                                 stats=self.stats, parent=self.supervisor)
         self.supervisor.adopt(supervisor)
@@ -151,9 +151,8 @@ class Shard:
             if actor is None:
                 result: Any = REJECTED
                 counts[REJECTED] += 1
-                errors.append(SampleError(indices[i] if indices else i, sample.asset_id,
-                                          "asset_id", sample.asset_id,
-                                          "unknown asset: not in the fleet model"))
+                errors.append(SampleError.unknown_asset(indices[i] if indices else i,
+                                                        sample.asset_id))
             else:
                 result = deliver(actor, sample, on_sample)
                 if type(result) is int:
@@ -333,10 +332,6 @@ class Shard:
                           transitions=self._transitions)
         self._transitions = []
         return out
-
-    def next_due(self) -> float | None:
-        due = [t for t in (self.wheel.next_due(), self.kernel.timers.next_due()) if t is not None]
-        return min(due) if due else None
 
     def metrics(self) -> dict[str, Any]:
         return {"assets": len(self.actors), "sites": len(self.sites),
