@@ -297,13 +297,20 @@ class BlockedWriter:
     def cut_connection(self) -> None:
         """Make the writer's current attempt fail as if its connection were lost."""
         if self.store.dialect == "postgresql":
+            writer = ("FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND pid <> pg_backend_pid() AND application_name = :app "
+                      "AND state = 'active' AND query LIKE 'INSERT INTO twin_samples%'")
+            app = {"app": application_name(self.store.url)}
+
+            def inside_insert() -> bool:
+                with self.db.connect() as conn:
+                    return bool(conn.execute(text(f"SELECT count(*) {writer}"), app).scalar())
+
+            # a busy machine may start the writer's INSERT after ingest was refused
+            poll_until(inside_insert, "the writer to wait inside its INSERT")
             with self.db.connect() as conn:
-                ended = conn.execute(text(
-                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND application_name = :app AND state = 'active' "
-                    "AND query LIKE 'INSERT INTO twin_samples%'"),
-                    {"app": application_name(self.store.url)}).scalars().all()
+                ended = conn.execute(text(f"SELECT pg_terminate_backend(pid, 5000) {writer}"),
+                                     app).scalars().all()
             assert ended == [True], "the writer was not waiting inside its INSERT"
             return
         assert self._stopped is not None, "cut_connection() inside the with block"

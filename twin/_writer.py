@@ -237,16 +237,24 @@ class Writer:
         if self._failure is not None:
             raise StoreUnavailable(self._failure)
 
-    def flush(self) -> None:
-        """Wait until everything sent so far is committed."""
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything sent so far is committed (True), or ``timeout_s`` passed
+        (False)."""
         target = self._sent
         if self._acked >= target:
-            return
+            return True
         self._hurry()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while self._acked < target:
                 self._check()
-                self._cond.wait()
+                if deadline is None:
+                    self._cond.wait()
+                elif (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                else:
+                    return False
+        return True
 
     def close(self) -> None:
         """Write everything sent, then stop the process."""
