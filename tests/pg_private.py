@@ -11,9 +11,9 @@ its Unix socket inside its own directory, and trusts local connections as ``post
 :meth:`PrivatePostgres.close` stops the server (by ``pg_ctl`` on its own data directory, or
 failing that by the pid in its own ``postmaster.pid``) and deletes the directory.
 
-:func:`private_postgres_or_skip` is what a test calls: it skips, saying why, where no server
-can be made here (no ``initdb``, no ``postgres`` user, not root), unless ``TWIN_REQUIRE_PG=1``
-(CI), where that is a failure.
+:func:`private_postgres_or_skip` (behind the ``private_pg`` fixture of ``conftest.py``) is
+what a test uses: it skips, saying why, where no server can be made here (no ``initdb``, no
+``postgres`` user, not root), unless ``TWIN_REQUIRE_PG=1`` (CI), where that is a failure.
 """
 
 from __future__ import annotations

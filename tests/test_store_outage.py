@@ -1,9 +1,10 @@
 """A database outage leaves reads, subscriptions and timers alone (issue 10, defect 3).
 
-The database is a PostgreSQL server of the test's own (:mod:`pg_private`), stopped and
-started again while a client keeps sending batches and re-sending the refused ones. Fleet
-time is a VirtualClock moved by the test, so "the timers fire on time" is exact; real time
-only bounds how long a read or a timer round may take.
+The database is a PostgreSQL server of the test's own (the ``private_pg`` fixture of
+``conftest.py``, from :mod:`pg_private`), stopped and started again while a client keeps
+sending batches and re-sending the refused ones. Fleet time is a VirtualClock moved by the
+test, so "the timers fire on time" is exact; real time only bounds how long a read or a
+round of timers may take.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pg_private import PrivatePostgres, private_postgres_or_skip
+from pg_private import PrivatePostgres
 from sqlalchemy import create_engine, text
 
 from twin import (
@@ -102,15 +103,9 @@ class Reader(threading.Thread):
             self.reads += 1
 
 
-@pytest.fixture
-def pg() -> Iterator[PrivatePostgres]:
-    server = private_postgres_or_skip()
-    yield server
-    server.close()
-
-
 def test_a_database_outage_leaves_reads_and_timers_alone_and_loses_nothing_acknowledged(
-        pg: PrivatePostgres, capfd: pytest.CaptureFixture[str]) -> None:
+        private_pg: PrivatePostgres, capfd: pytest.CaptureFixture[str]) -> None:
+    pg = private_pg
     model = FleetModel.from_dict(fleet_dict(owners=2, regions=1, sites=4, assets=50, seed=5,
                                             offline_after_s=OFFLINE_AFTER_S))
     silent = sorted(a for a, spec in model.assets.items() if spec.site == SILENT_SITE)
@@ -133,6 +128,11 @@ def test_a_database_outage_leaves_reads_and_timers_alone_and_loses_nothing_ackno
             pg.stop()                                           # the outage
             outage = time.monotonic()
             poll_until(lambda: client.refused >= 1, "a refused batch")
+            # known to be down now: a batch is refused at once, not after busy_timeout_s
+            started = time.perf_counter()
+            with pytest.raises(StoreUnavailable, match="is down"):
+                fleet.ingest([Sample(reporting[0], START + 5, {"power_kw": 0.001})])
+            assert time.perf_counter() - started < 1.0
 
             def advance_to(when: float) -> None:
                 started = time.perf_counter()
