@@ -183,6 +183,11 @@ class Writer:
     # -- the fleet's calls ----------------------------------------------------------------------
 
     @property
+    def failure(self) -> str | None:
+        """Why the writer is gone for good (it kept dying), or None while it runs."""
+        return self._failure
+
+    @property
     def depth(self) -> int:
         """Batches sent to the writer and not yet committed."""
         return self._sent - self._acked
