@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pg_private import PrivatePostgres, private_postgres_or_skip
 
 from twin import Fleet, FleetModel, VirtualClock
 
@@ -58,3 +59,14 @@ def fleet(model: FleetModel, clock: VirtualClock, shards: int, system: str) -> I
     processes of their own."""
     with Fleet(model, clock=clock, shards=shards, system=system) as running:
         yield running
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, to stop and start (see tests/pg_private.py);
+    skipped, saying why, where none can be made, unless TWIN_REQUIRE_PG=1."""
+    server = private_postgres_or_skip()
+    try:
+        yield server
+    finally:
+        server.close()

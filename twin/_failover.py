@@ -2,13 +2,15 @@
 
 A mixin of :class:`twin.Fleet`, like :mod:`twin._recovery`. On the multi-process bases the
 fleet supervisor (a Thespian actor) restarts a dead shard host; the facade, which holds the
-model and the store, notices on its next tick (or when a call to that shard fails) and:
+model and the store, notices through its shard watch (a thread that asks the supervisor every
+0.1 s, waiting behind no call), or when a call to that shard fails, and:
 
 1. marks the shard *down*: its sites' leaves are replaced by summaries that count every one
    of its assets as ``unknown`` and missing, so roll-ups stay honest rather than shrinking;
 2. once the supervisor has a new host, refills it: the actors of its sites, their states from
    the newest snapshot, the commands since, and the durable log replayed from the snapshot's
    offset (only this shard's samples); then the shard's real summaries replace the unknowns.
+   This happens on the next tick (the ticker thread's, or ``advance``).
 
 Past the supervisor's restart intensity the shard stays ``failed``: its assets stay unknown
 and listed missing, and ``fleet.shards()``, the logs and the metrics say why.
@@ -27,7 +29,6 @@ import structlog
 from actors.asset import capacity_w
 from actors.groups import LeafSummary
 from twin.core.clock import Clock
-from twin.core.errors import ShardDown
 from twin.core.model import FleetModel
 from twin.core.rollup import ROW_CAPACITY_W, ROW_UNKNOWN, ROW_WIDTH
 from twin.core.samples import IngestReport, Sample, SampleError
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("twin.fleet")
 
 _REPLAY_CHUNK = 64          # logged batches per replay call into a shard host
-_WATCH_EVERY_S = 0.1        # real time between two looks at the shard hosts' states
 
 
 class Failover:
@@ -54,6 +54,8 @@ class Failover:
     model: FleetModel
     clock: Clock
     _lock: threading.RLock
+    _view_lock: threading.RLock
+    _closed: bool
     _hosting: Hosting
     _shards: list[ShardClient]
     _configs: list[ShardConfig]
@@ -65,7 +67,7 @@ class Failover:
     _counters: dict[str, int]
     _check_open: Callable[[], None]
     _absorb: Callable[..., None]
-    _notify: Callable[[], None]
+    _deliver: Callable[[], None]
     _tick: Callable[[float], None]
     _populate: Callable[[ShardClient], None]
     _partial_leaves: Callable[[], list[tuple[str, str]]]
@@ -73,7 +75,6 @@ class Failover:
 
     _shard_states: tuple[ShardState, ...] = ()
     _last_recovery_s: float | None = None
-    _last_watch: float = float("-inf")
 
     # -- what an operator sees --------------------------------------------------------------
 
@@ -88,6 +89,9 @@ class Failover:
             for state in states:
                 i = state.index
                 status = state.status
+                if (status in ("down", "failed") and not self._hosting.embedded and
+                        state.generation >= self._hosting.generations[i]):
+                    self._mark_down(i, state.reason)        # the supervisor says why
                 if status == "restarting" or (status == "running" and i in self._down):
                     status = "recovering"
                 sites = [s for s, k in self._site_shard.items() if k == i]
@@ -108,9 +112,9 @@ class Failover:
         while True:
             with self._lock:
                 self._check_open()
-                self._last_watch = float("-inf")
                 self._tick(self.clock.now())
                 states = self.shards()
+            self._deliver()
             if all(s["status"] in ("running", "failed") for s in states):
                 return states
             if time.monotonic() >= deadline:
@@ -120,22 +124,43 @@ class Failover:
     # -- noticing ---------------------------------------------------------------------------
 
     def _watch_shards(self, now: float) -> None:
-        # a round trip to the supervisor: not on every tick of a busy fleet (a call to a dead
-        # shard finds out by itself, see Hosting._exchange)
-        polled = time.monotonic()
-        if polled - self._last_watch < _WATCH_EVERY_S:
-            return
-        self._last_watch = polled
-        states = self._hosting.status()
+        """Act on what the shard watch last heard: mark dead shards down, refill new hosts."""
+        states = self._hosting.latest_status()
         self._shard_states = states
         for state in states:
             i = state.index
+            ours = self._hosting.generations[i]
+            if state.generation < ours:
+                continue                  # heard before the host in use was adopted
             if state.status in ("down", "failed"):
                 self._mark_down(i, state.reason)
-            elif state.generation != self._hosting.generations[i]:
+            elif state.generation != ours or i in self._down:
                 self._mark_down(i, state.reason or "shard host restarted")
+                # a host still "running" that a call found dead waits for its supervisor
                 if state.status == "restarting":
                     self._recover_shard(state, now)
+
+    def _on_shard_states(self, states: tuple[ShardState, ...]) -> bool:
+        """From the shard watch's thread: count a dead shard's assets unknown at once.
+
+        It never waits: when the fleet's lock is busy it returns False and is called again
+        after the next poll; meanwhile whoever holds the lock learns the same from the watch
+        (a call to a dead shard gives up on it by itself)."""
+        gens = self._hosting.generations
+        dead = [s for s in states if s.index not in self._down and s.generation >= gens[s.index]
+                and (s.status in ("down", "failed") or s.generation > gens[s.index])]
+        if not dead:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._closed:
+                for state in dead:
+                    if state.generation >= self._hosting.generations[state.index]:
+                        self._mark_down(state.index, state.reason or "shard host restarted")
+        finally:
+            self._lock.release()
+        return True
 
     def _mark_down(self, index: int, reason: str) -> None:
         """Count the shard's assets as unknown (and missing) until it is back."""
@@ -143,10 +168,11 @@ class Failover:
             self._down[index] = reason or self._down[index]
             return
         self._down[index] = reason
-        self._counters["shard_downs"] += 1
         keys, summaries = self._unknown_leaves(index)
-        self._tree.forget_leaves(keys)
-        self._tree.absorb(summaries)
+        with self._view_lock:
+            self._counters["shard_downs"] += 1
+            self._tree.forget_leaves(keys)
+            self._tree.absorb(summaries)
         log.error("shard_down", shard=index, reason=reason,
                   assets=sum(len(self.model.sites[s].assets) for s, i in self._site_shard.items()
                              if i == index))
@@ -204,15 +230,16 @@ class Failover:
                 self._refill(shard, now)
             shard.call("tick", now)
             full: ShardOutput = shard.call("collect", True)
-        except ShardDown as error:
+        except Exception as error:    # the host died again, or the store is away: next tick
             log.error("shard_recovery_failed", shard=index, reason=str(error))
             return
         keys, _ = self._unknown_leaves(index)
-        self._tree.forget_leaves(keys)
-        self._absorb(full)
+        with self._view_lock:
+            self._tree.forget_leaves(keys)
+            self._absorb(full)
+            self._counters["shard_recoveries"] += 1
         del self._down[index]
         self._hosting.recovered(index)
-        self._counters["shard_recoveries"] += 1
         self._last_recovery_s = time.monotonic() - started
         log.info("shard_recovered", shard=index, generation=state.generation,
                  seconds=round(self._last_recovery_s, 3))
@@ -222,10 +249,15 @@ class Failover:
         return None if spec is None else self._site_shard[spec.site]
 
     def _refill(self, shard: ShardClient, now: float) -> None:
-        """Give a new shard host its actors' states back: snapshot, commands, log replay."""
+        """Give a new shard host its actors' states back: snapshot, commands, log replay.
+
+        The log is replayed up to the newest batch the fleet applied (or held for this
+        shard): a batch logged after it is still on its way through ``ingest``, which applies
+        it to this shard itself once the shard is back."""
         assert self._persist is not None
         store = self._persist.store
         index = shard.index
+        applied = self._persist.last_offset
         snapshot = store.latest_snapshot()
         start = last_command = 0
         if snapshot is not None:
@@ -239,6 +271,8 @@ class Failover:
         chunk: list[tuple[float, bytes]] = []
         meta: list[tuple[int, float, list[Sample]]] = []
         for entry in store.read_log(start):
+            if entry.offset > applied:
+                break
             mine = [s for s in unpack_batch(entry.payload).samples
                     if self._placed_on(s.asset_id) == index]
             if mine:
@@ -264,5 +298,6 @@ class Failover:
                                   unsaved if n == len(meta) - 1 else [])
         if unsaved:
             unsaved.clear()
-        self._counters["replayed_batches"] += len(chunk)
-        self._counters["replayed_samples"] += sum(len(m[2]) for m in meta)
+        with self._view_lock:
+            self._counters["replayed_batches"] += len(chunk)
+            self._counters["replayed_samples"] += sum(len(m[2]) for m in meta)

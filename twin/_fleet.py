@@ -1,11 +1,25 @@
 """The ``Fleet`` facade: what a control application embeds.
 
-Threading model: every public method takes the fleet's lock, so a fleet may be shared between
-threads; they are served one at a time. With a real clock (no ``clock=``) a daemon ticker
-thread takes the same lock every ``tick_interval_s`` to fire due timers, so offline detection
-never waits for the next API call. With a ``VirtualClock`` nothing runs on its own: time moves
-only in :meth:`Fleet.advance`. Subscription callbacks run on whichever thread caused the
-change, while the lock is held: keep them short (asyncio code: see :mod:`twin.aio`).
+Threading model: a fleet may be shared between threads. Four locks, always taken in this
+order, keep what is slow away from what must answer at once:
+
+* the *ingest lock* orders batches: a batch is appended to the durable log and then applied
+  before the next one is (the append, which waits on the store, holds only this lock);
+* the *fleet lock* (``_lock``) guards the shards, the model and the store's offsets: calls to
+  shards (each with a deadline), timers, model changes, commands;
+* the *view lock* guards the roll-up tree, subscriptions, transitions and counters, held only
+  for in-memory work: ``rollup``, ``rollups`` and ``subscribe`` take nothing else, so they
+  never wait on the store or on a shard;
+* the *delivery lock* orders subscription callbacks; they run on the thread that caused the
+  change, after it let go of the other locks (a callback may call the fleet), before the
+  call that caused them returns: keep them short (asyncio code: see :mod:`twin.aio`).
+
+With a real clock (no ``clock=``) a daemon ticker thread runs :meth:`Fleet.tick` every
+``tick_interval_s``, so offline detection never waits for the next API call. With a
+``VirtualClock`` nothing runs on its own: time moves only in :meth:`Fleet.advance`. On the
+multi-process bases a watch thread asks the shard supervisor about its shards every 0.1 s,
+so a dead shard is counted unknown without waiting for any call (see
+:mod:`twin.hosting.shard_watch`).
 """
 
 from __future__ import annotations
@@ -46,14 +60,14 @@ from twin.core.errors import (
 )
 from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
-from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError, brief
+from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
 from twin.core.states import Transition
 from twin.core.views import AssetView, CommandReceipt
 from twin.hosting.system import EMBEDDED_BASE, Hosting, ShardClient
 from twin.runtime.shard import ShardConfig, ShardOutput, partial_key
 from twin.runtime.tree import RollupTree
 from twin.store.persistence import Persistence
-from twin.store.store import Store, StoreBusy, StoreUnavailable
+from twin.store.store import Store, StoreBusy, StoreUnavailable, open_store
 from twin.wire import pack_batch, pack_rows, sample_error, unpack_batch
 
 log = structlog.get_logger("twin.fleet")
@@ -106,7 +120,9 @@ class Fleet(Recovery, Failover):
     ``supervision`` is the policy of each site's supervisor over its assets;
     ``site_supervision`` that of each shard's supervisor over its sites.
     ``command_sink`` is called with ``(asset_id, desired)`` for every accepted command (the
-    transport to devices).
+    transport to devices). ``store`` is a URL (SQLite file or PostgreSQL) or a
+    :class:`Store`; ``store_options`` are the keyword options of :class:`Store` for a URL
+    (``busy_timeout_s``, ``statement_timeout_s``, ``queue_batches``, ...).
     """
 
     def __init__(self, model: FleetModel, *, clock: Clock | None = None,
@@ -116,8 +132,9 @@ class Fleet(Recovery, Failover):
                  command_sink: Callable[[str, Mapping[str, Any]], None] | None = None,
                  seed: int = 0, tick_interval_s: float = 0.5, resend_every_s: float = 60.0,
                  transitions_kept: int = 1000, call_timeout_s: float = 60.0,
-                 store: str | Store | None = None, snapshot_every_s: float = 300.0,
-                 snapshot_every_batches: int = 2000,
+                 store: str | Store | None = None,
+                 store_options: Mapping[str, Any] | None = None,
+                 snapshot_every_s: float = 300.0, snapshot_every_batches: int = 2000,
                  shard_restart: SupervisionPolicy | None = None,
                  admin_port: int | None = None, nodes: Sequence[str] = (),
                  join_timeout_s: float = 60.0, heartbeat_timeout_s: float = 5.0) -> None:
@@ -126,8 +143,15 @@ class Fleet(Recovery, Failover):
         if shards < 1:
             raise ValueError(f"shards must be at least 1, got {shards}")
         self.model = model
+        if store_options and not isinstance(store, str):
+            raise TypeError(f"store_options needs store=URL, not {type(store).__name__}; a "
+                            "Store takes its options itself: Store(url, busy_timeout_s=...)")
         self.clock: Clock = clock if clock is not None else RealClock()
+        # taken in this order (see the module's docstring)
+        self._ingest_lock = threading.RLock()
         self._lock = threading.RLock()
+        self._view_lock = threading.RLock()
+        self._deliver_lock = threading.RLock()
         self._closed = False
         self._command_sink = command_sink
         self._resend_every_s = resend_every_s
@@ -165,20 +189,27 @@ class Fleet(Recovery, Failover):
                 shard.configure(self._configs[shard.index])
             self._build()
             if store is not None:
-                self._persist = Persistence(store if isinstance(store, Store) else Store(store),
-                                            snapshot_every_s, snapshot_every_batches)
+                self._persist = Persistence(
+                    store if isinstance(store, Store) else open_store(store, store_options),
+                    snapshot_every_s, snapshot_every_batches)
                 self._restore()
         except BaseException:
             if self._persist is not None:
                 self._persist.close()
             self._hosting.shutdown()
             raise
-        self._ticker: threading.Thread | None = None
+        self._hosting.watch_shards(self._on_shard_states)
         self._stop = threading.Event()
-        if not isinstance(self.clock, VirtualClock):
-            self._ticker = threading.Thread(target=self._tick_loop, args=(tick_interval_s,),
-                                            name="twin-ticker", daemon=True)
-            self._ticker.start()
+        self._ticker = self._start_ticker(tick_interval_s)
+
+    def _start_ticker(self, interval: float) -> threading.Thread | None:
+        """The thread that fires timers on the real clock (none on a VirtualClock)."""
+        if isinstance(self.clock, VirtualClock):
+            return None
+        ticker = threading.Thread(target=self._tick_loop, args=(interval,), name="twin-ticker",
+                                  daemon=True)
+        ticker.start()
+        return ticker
 
     # -- building -------------------------------------------------------------------------
 
@@ -193,7 +224,8 @@ class Fleet(Recovery, Failover):
         self._direct = self._direct_memberships()
         for shard in self._shards:
             self._populate(shard)
-        self._tree.wire(model, self._partial_leaves())
+        with self._view_lock:
+            self._tree.wire(model, self._partial_leaves())
         self._collect_all()
 
     def _populate(self, shard: ShardClient) -> None:
@@ -234,20 +266,20 @@ class Fleet(Recovery, Failover):
         never takes its batch-mates down. A batch that cannot be read as a whole raises
         :class:`IngestError` and changes nothing. With a store, the batch is in the durable
         log before this returns; :class:`StoreBusy` or :class:`StoreUnavailable` mean it was
-        not accepted (nothing of it applied) and may be sent again.
+        not accepted (nothing of it applied) and may be sent again. While the store is down,
+        reads, subscriptions and timers go on: only other batches wait for this one.
         """
         report = IngestReport()
         payload, batch, given_indices, source = self._decode(samples, source, report)
         size = len(batch) if given_indices is None else report.rejected + len(batch)
-        with self._lock:
+        clean, indices = (batch, None) if given_indices is not None else self._screen(
+            batch, report)
+        if given_indices is not None:
+            indices = ([given_indices[i] for i in indices] if indices is not None
+                       else given_indices)
+        with self._ingest_lock:           # batches are applied in the order they are logged
             self._check_open()
             now = self.clock.now()
-            self._fire_scheduled(now)
-            clean, indices = (batch, None) if given_indices is not None else self._screen(
-                batch, report)
-            if given_indices is not None:
-                indices = ([given_indices[i] for i in indices] if indices is not None
-                           else given_indices)
             offset = 0
             if self._persist is not None:
                 assert payload is not None
@@ -257,21 +289,22 @@ class Fleet(Recovery, Failover):
                 except (StoreBusy, StoreUnavailable):
                     self._counters["batches_refused"] += 1
                     raise
-            parts = self._run_batch(now, clean, indices, report)
-            if self._persist is not None:
-                self._persist.derived(offset, now, parts, self._unsaved)
-                self._unsaved = []
-            self._counters["batches"] += 1
-            self._counters["batch_bytes"] += len(payload) if payload is not None else 0
-            for name, n in report.counts().items():
-                self._counters[f"samples_{name}"] += n
-            try:
-                self._maybe_snapshot(now)
-            except Exception as error:
-                # the batch is applied, counted and in the log: its report stands (a caller
-                # told otherwise would send it again); the snapshot is retried next batch
-                log.error("snapshot_failed", reason=brief(error, 200))
-            self._notify()
+            with self._lock:
+                self._check_open()
+                self._fire_scheduled(now)
+                parts = self._run_batch(now, clean, indices, report)
+                if self._persist is not None:
+                    self._persist.derived(offset, now, parts, self._unsaved)
+                    self._unsaved = []
+                with self._view_lock:
+                    self._counters["batches"] += 1
+                    self._counters["batch_bytes"] += len(payload) if payload is not None else 0
+                    for name, n in report.counts().items():
+                        self._counters[f"samples_{name}"] += n
+                snapshot = self._due_snapshot(now)
+            if snapshot is not None:
+                self._save_due_snapshot(snapshot)     # waits on the store: not under _lock
+        self._deliver()
         return report
 
     def _decode(self, samples: Iterable[Sample] | bytes, source: str, report: IngestReport
@@ -388,15 +421,16 @@ class Fleet(Recovery, Failover):
         if report is not None and output.counts is not None:
             report.add_counts(output.counts)
             report.errors.extend(output.errors)
-        if output.transitions:
-            self._recent.extend(output.transitions)
-            self._counters["transitions"] += len(output.transitions)
-            for transition in output.transitions:
-                self._transition_counts[transition.new] = (
-                    self._transition_counts.get(transition.new, 0) + 1)
-            if self._persist is not None:
-                self._unsaved.extend(output.transitions)
-        self._tree.absorb(output.summaries)
+        if output.transitions and self._persist is not None:
+            self._unsaved.extend(output.transitions)
+        with self._view_lock:
+            if output.transitions:
+                self._recent.extend(output.transitions)
+                self._counters["transitions"] += len(output.transitions)
+                for transition in output.transitions:
+                    self._transition_counts[transition.new] = (
+                        self._transition_counts.get(transition.new, 0) + 1)
+            self._tree.absorb(output.summaries)
 
     def _call_up(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> list[tuple[int, Any]]:
         """Run calls on shards (in parallel when they are processes); a shard found dead is
@@ -416,7 +450,6 @@ class Fleet(Recovery, Failover):
         for shard in self._shards:
             if shard.index not in self._down:
                 self._absorb(shard.call("collect", full))
-        self._notify()
 
     # -- time -----------------------------------------------------------------------------
 
@@ -435,13 +468,15 @@ class Fleet(Recovery, Failover):
                 self._tick(self.clock.now())
             self.clock.jump_to(target)
             self._tick(target)
-            return target
+        self._deliver()
+        return target
 
     def tick(self) -> None:
         """Run every timer due at the clock's current time (the ticker thread calls this)."""
         with self._lock:
             self._check_open()
             self._tick(self.clock.now())
+        self._deliver()
 
     def _tick(self, now: float) -> None:
         if not self._hosting.embedded and not self._replaying:
@@ -459,7 +494,6 @@ class Fleet(Recovery, Failover):
         if self._persist is not None and self._unsaved and not self._replaying:
             self._persist.derived(self._persist.last_offset, now, [], self._unsaved)
             self._unsaved = []
-        self._notify()
 
     def _tick_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -473,14 +507,16 @@ class Fleet(Recovery, Failover):
     # -- queries --------------------------------------------------------------------------
 
     def rollup(self, path: str) -> Rollup:
-        """The roll-up of an owner, region, site (``owner/region/site``) or extra group."""
-        with self._lock:
+        """The roll-up of an owner, region, site (``owner/region/site``) or extra group.
+        Never waits for the store or a shard."""
+        with self._view_lock:
             self._check_open()
             return self._tree.lookup(path).snapshot()
 
     def rollups(self, level: str | None = None) -> dict[str, Rollup]:
-        """Every roll-up (of one ``level``: owner, region, site, group), by path."""
-        with self._lock:
+        """Every roll-up (of one ``level``: owner, region, site, group), by path. Never waits
+        for the store or a shard."""
+        with self._view_lock:
             self._check_open()
             return {p: self._tree.lookup(p).snapshot() for p in self._tree.paths(level)}
 
@@ -499,7 +535,7 @@ class Fleet(Recovery, Failover):
 
     def transitions(self, limit: int | None = None) -> list[Transition]:
         """Recent state transitions, oldest first."""
-        with self._lock:
+        with self._view_lock:
             items = list(self._recent)
         return items if limit is None else items[-limit:]
 
@@ -511,19 +547,20 @@ class Fleet(Recovery, Failover):
     def metrics(self) -> dict[str, Any]:
         with self._lock:
             self._check_open()
-            out: dict[str, Any] = dict(self._counters)
             shards = [m for _, m in self._call_up([(s.index, "metrics", ()) for s in self._shards
                                                     if s.index not in self._down])]
+            out: dict[str, Any] = {}
+            with self._view_lock:
+                out.update(self._counters)
+                out["transitions_by_state"] = dict(self._transition_counts)
+                by_state: dict[str, int] = {}
+                for rollup in self._tree.top_level():
+                    for name in ("reporting", "offline", "unknown", "quarantined"):
+                        by_state[name] = by_state.get(name, 0) + getattr(rollup, name)
+                out["subscriptions"] = sum(len(v) for v in self._subs.values())
             for key in ("failures", "restarts", "quarantines", "escalations"):
                 out[f"supervisor_{key}"] = sum(s[key] for s in shards)
             out["assets"] = sum(s["assets"] for s in shards)
-            out["transitions_by_state"] = dict(self._transition_counts)
-            by_state: dict[str, int] = {}
-            # keyed by state name: a roll-up's `reporting` counts the assets that are `online`
-            for rollup in self._tree.top_level():
-                for state, field in (("online", "reporting"), ("offline", "offline"),
-                                     ("unknown", "unknown"), ("quarantined", "quarantined")):
-                    by_state[state] = by_state.get(state, 0) + getattr(rollup, field)
             out["assets_by_state"] = by_state
             if self._persist is not None:
                 writer = self._persist.store.writer
@@ -537,7 +574,6 @@ class Fleet(Recovery, Failover):
             out["shards"] = len(self._shards)
             out["shards_down"] = len(self._down)
             out["shard_restarts"] = sum(s.restarts for s in self._shard_states)
-            out["subscriptions"] = sum(len(v) for v in self._subs.values())
             out["pending_changes"] = len(self._pending)
             out["model_version"] = self.model.version
             return out
@@ -557,21 +593,22 @@ class Fleet(Recovery, Failover):
             now = self.clock.now()
             output = self._shard_of(asset_id).call("command", now, asset_id, payload)
             self._absorb(output)
-            self._notify()
             reply = output.reply
-            if isinstance(reply, Unavailable):
-                raise AssetUnavailable(reply.asset_id, reply.state, reply.last_seen)
-            if isinstance(reply, InvalidCommand):
-                raise reply
-            if not isinstance(reply, CommandAccepted):
-                raise TwinError(f"asset {asset_id!r} failed while handling the command "
-                                f"({reply!r}); it is being restarted")
-            if self._persist is not None:
-                changed = {k: v for k, v in reply.desired.items() if k in payload}
-                self._persist.record_command(now, asset_id, changed)
-            if self._command_sink is not None:
-                self._command_sink(asset_id, reply.desired)
-            return CommandReceipt(asset_id, reply.desired, now)
+            if isinstance(reply, CommandAccepted):
+                if self._persist is not None:
+                    changed = {k: v for k, v in reply.desired.items() if k in payload}
+                    self._persist.record_command(now, asset_id, changed)
+                if self._command_sink is not None:      # in the order commands were accepted
+                    self._command_sink(asset_id, reply.desired)
+        self._deliver()
+        if isinstance(reply, Unavailable):
+            raise AssetUnavailable(reply.asset_id, reply.state, reply.last_seen)
+        if isinstance(reply, InvalidCommand):
+            raise reply
+        if not isinstance(reply, CommandAccepted):
+            raise TwinError(f"asset {asset_id!r} failed while handling the command "
+                            f"({reply!r}); it is being restarted")
+        return CommandReceipt(asset_id, reply.desired, now)
 
     def inject_fault(self, asset_id: str, reason: str = "injected fault") -> None:
         """Make the asset's actor raise inside its handler (chaos testing of supervision)."""
@@ -580,7 +617,7 @@ class Fleet(Recovery, Failover):
             self.model.asset(asset_id)
             self._absorb(self._shard_of(asset_id).call("inject_fault", self.clock.now(),
                                                        asset_id, reason))
-            self._notify()
+        self._deliver()
 
     def release(self, asset_id: str) -> None:
         """Let a quarantined asset run again (it is ``unknown`` until it reports)."""
@@ -588,7 +625,7 @@ class Fleet(Recovery, Failover):
             self._check_open()
             self.model.asset(asset_id)
             self._absorb(self._shard_of(asset_id).call("release", self.clock.now(), asset_id))
-            self._notify()
+        self._deliver()
 
     # -- model changes --------------------------------------------------------------------
 
@@ -615,8 +652,8 @@ class Fleet(Recovery, Failover):
                 self._schedule(when, change, scheduled_id)
                 return PendingChange(when, change)
             version = self._apply_now(change, when, now)
-            self._notify()
-            return version
+        self._deliver()
+        return version
 
     def _schedule(self, when: float, change: Change, scheduled_id: int | None) -> None:
         bisect.insort(self._pending, (when, self._pending_seq, change, scheduled_id),
@@ -686,7 +723,9 @@ class Fleet(Recovery, Failover):
                 self._absorb(self._shard_of(asset_id).call("move_local", now, spec,
                                                            direct.get(asset_id, ())))
         self._direct = direct
-        self._tree.wire(model, self._partial_leaves())
+        leaves = self._partial_leaves()
+        with self._view_lock:
+            self._tree.wire(model, leaves)
         self._collect_all()
         log.info("model_changed", version=version.version, change=type(change).__name__,
                  effective=effective)
@@ -696,7 +735,7 @@ class Fleet(Recovery, Failover):
 
     def subscribe(self, path: str, callback: RollupCallback) -> Subscription:
         """Call ``callback(rollup)`` after every change of the roll-up at ``path``."""
-        with self._lock:
+        with self._view_lock:
             self._check_open()
             node = self._tree.lookup(path)
             sub = Subscription(self, node.key, path, callback)
@@ -704,23 +743,35 @@ class Fleet(Recovery, Failover):
             return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        with self._lock:
+        with self._view_lock:
             subs = self._subs.get(sub.node_key, [])
             if sub in subs:
                 subs.remove(sub)
             if not subs:
                 self._subs.pop(sub.node_key, None)
 
-    def _notify(self) -> None:
-        changed = self._tree.take_changed()
-        if not self._subs:
-            return
-        for node in changed:
-            for sub in list(self._subs.get(node.key, ())):
+    def _deliver(self) -> None:
+        """Call the subscribers of every roll-up that changed since the last delivery.
+
+        Called at the end of a public method, with no other lock of the fleet held (a callback
+        may call the fleet); one delivery at a time, so a subscriber sees its roll-up's
+        values in the order they were taken."""
+        with self._deliver_lock:
+            with self._view_lock:
+                changed = self._tree.take_changed()
+                if not self._subs:
+                    return
+                due: list[tuple[Subscription, Rollup]] = []
+                for node in changed:
+                    subs = self._subs.get(node.key)
+                    if subs:
+                        rollup = node.snapshot()
+                        due.extend((sub, rollup) for sub in subs)
+            for sub, rollup in due:
                 if not sub.active:
                     continue
                 try:
-                    sub.callback(node.snapshot())
+                    sub.callback(rollup)
                 except Exception as error:
                     self._counters["callback_errors"] += 1
                     log.error("subscriber_failed", path=sub.path, reason=repr(error))
@@ -752,6 +803,8 @@ class Fleet(Recovery, Failover):
             self._stop.set()
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join()
+        with self._ingest_lock:      # a batch still being appended is finished (or refused)
+            pass
         if self._persist is not None:
             self._persist.close()
         self._hosting.shutdown()

@@ -1,7 +1,9 @@
 """The fleet's durability: snapshots, and recovery after a restart (DESIGN decision 4).
 
 A mixin of :class:`twin.Fleet`, kept apart so the facade stays readable; it uses the fleet's
-lock, shards and persistence exactly as the facade does.
+locks, shards and persistence exactly as the facade does. A snapshot is taken in two steps:
+the shards' rows under the fleet's lock, then the wait for the writer and the write, which
+depend on the store, holding only the ingest lock (reads and timers go on meanwhile).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from twin.core.model import FleetModel
 from twin.core.samples import IngestReport, Sample
 from twin.core.states import Transition
 from twin.store.persistence import Persistence
-from twin.store.store import Store, StoredVersion
+from twin.store.store import Snapshot, Store, StoreBusy, StoredVersion, StoreUnavailable
 from twin.wire import unpack_batch
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ class Recovery:
     # provided by Fleet
     model: FleetModel
     clock: Clock
+    _ingest_lock: threading.RLock
     _lock: threading.RLock
     _persist: Persistence | None
     _shards: list[ShardClient]
@@ -57,20 +60,24 @@ class Recovery:
         return None if self._persist is None else self._persist.store
 
     def flush(self) -> None:
-        """Wait until every derived row queued so far is in the store."""
+        """Wait until every derived row queued so far is in the store (the raw log always is:
+        ``ingest`` returns once its batch is)."""
         if self._persist is not None:
             self._persist.store.writer.flush()
 
     def snapshot(self) -> int:
-        """Snapshot every actor's state now; returns the log offset it reflects."""
-        with self._lock:
-            self._check_open()
-            if self._persist is None:
-                raise TwinError("snapshot() needs a store: Fleet(model, store=url)")
-            for index, reason in self._down.items():
-                raise ShardDown(index, "down", reason)
-            self._take_snapshot(self.clock.now())
-            return self._persist.last_offset
+        """Snapshot every actor's state now; returns the log offset it reflects.
+        :class:`StoreBusy` or :class:`StoreUnavailable` if the store could not take it."""
+        with self._ingest_lock:
+            with self._lock:
+                self._check_open()
+                if self._persist is None:
+                    raise TwinError("snapshot() needs a store: Fleet(model, store=url)")
+                for index, reason in self._down.items():
+                    raise ShardDown(index, "down", reason)
+                taken = self._capture_snapshot(self.clock.now())
+            self._save_snapshot(taken)
+            return taken.log_offset
 
     def _restore_command(self, command: tuple[int, str, int, str]) -> None:
         assert self._persist is not None
@@ -87,16 +94,33 @@ class Recovery:
                             f"model given (version {self.model.version - 1}): pass the model "
                             "the fleet was first built from")
 
-    def _maybe_snapshot(self, now: float) -> None:
+    def _due_snapshot(self, now: float) -> Snapshot | None:
+        """The actors' states, if a snapshot is due (under the fleet's lock)."""
         # a shard that is down cannot give its actors' states: wait until it is back
         if self._persist is not None and not self._down and self._persist.snapshot_due(now):
-            self._take_snapshot(now)
+            return self._capture_snapshot(now)
+        return None
 
-    def _take_snapshot(self, now: float) -> None:
+    def _capture_snapshot(self, now: float) -> Snapshot:
         assert self._persist is not None
         rows = [shard.call("snapshot") for shard in self._shards]
-        self._persist.save_snapshot(now, self.model.version, rows)
+        return self._persist.capture(now, self.model.version, rows)
+
+    def _save_snapshot(self, taken: Snapshot) -> None:
+        """Write a captured snapshot (holding the ingest lock, not the fleet's)."""
+        assert self._persist is not None
+        self._persist.save(taken)
         self._counters["snapshots"] += 1
+
+    def _save_due_snapshot(self, taken: Snapshot) -> None:
+        """A snapshot due after a batch: if the store cannot take it now, the batch stays
+        acknowledged and the snapshot is tried again one period later."""
+        assert self._persist is not None
+        try:
+            self._save_snapshot(taken)
+        except (StoreBusy, StoreUnavailable) as error:
+            self._persist.postpone(taken.taken_at)
+            log.error("snapshot_failed", log_offset=taken.log_offset, reason=str(error))
 
     def _restore(self) -> None:
         """After a restart: re-apply recorded model changes, load the newest snapshot, replay

@@ -206,7 +206,7 @@ def _row_error(index: int, row: Any) -> SampleError:
 
 def _show(value: Any) -> Any:
     """A value fit for an error message: nil, a bool or a number as itself, anything else as
-    its bounded repr (:func:`twin._samples.brief`: cut to 60 characters, never deep)."""
+    its bounded repr (:func:`twin.core.samples.brief`: cut to 60 characters, never deep)."""
     kind = type(value)
     if value is None or kind is bool or kind is float or (kind is int and
                                                           value.bit_length() <= 64):

@@ -12,9 +12,11 @@ lets an exception escape ``receiveMessage``: Thespian would retry the message (a
 twice) and then turn it into a ``PoisonMessage``; the error travels back in the reply instead.
 
 Embedded (``simpleSystemBase``) calls are synchronous asks in the caller's thread. On the
-multi-process bases the facade *tells* every shard of a round its call and then listens for
-the replies, so shards work in parallel; while it waits it asks the supervisor whether a shard
-it waits for has died (an ask to a dead actor would otherwise wait for its whole timeout).
+multi-process bases the facade *posts* every shard of a round its call (a send that never
+waits, :func:`twin.hosting.shard_watch.post`) and listens for the replies, so shards work in
+parallel; while it waits it looks at what the shard watch last heard from the supervisor and
+gives up on a shard that died (an ask to a dead actor would otherwise wait for its whole
+timeout, and Thespian's own ``tell`` could wait 35 s for one: see :mod:`twin.hosting.shard_watch`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import structlog
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from supervisors import SupervisionPolicy
@@ -40,16 +43,17 @@ from twin.hosting.host_actors import (
     ShardState,
     StartFailed,
     StartShards,
-    StatusReply,
-    StatusRequest,
 )
+from twin.hosting.shard_watch import ShardWatch, post
 from twin.runtime.shard import ShardConfig
+
+log = structlog.get_logger("twin.hosting")
 
 EMBEDDED_BASE = "simpleSystemBase"
 MULTIPROC_BASES = ("multiprocTCPBase", "multiprocQueueBase", "multiprocUDPBase")
 
-# How often a waiting facade asks the supervisor whether the shards it waits for are alive.
-_LIVENESS_POLL_S = 0.2
+# The longest a waiting facade listens before it looks at the shard watch again.
+_LIVENESS_CHECK_S = 0.05
 
 
 class ShardClient:
@@ -106,6 +110,20 @@ class Hosting:
             raise
         self.addresses: list[ActorAddress] = list(started.addresses)
         self.shards = [ShardClient(self, i) for i in range(shards)]
+        # a channel of its own to the supervisor: liveness never waits behind a call
+        self.watch: ShardWatch | None = None
+        if not self.embedded:
+            try:
+                self.watch = ShardWatch(self.system, self.supervisor, timeout_s)
+            except BaseException:
+                self.system.shutdown()
+                raise
+
+    def watch_shards(self, on_change: Callable[[tuple[ShardState, ...]], bool]) -> None:
+        """Have ``on_change`` called with the shards' states whenever they change
+        (multi-process bases; see :class:`ShardWatch`)."""
+        if self.watch is not None:
+            self.watch.on_change = on_change
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -147,55 +165,74 @@ class Hosting:
 
     def _exchange(self, messages: list[tuple[int, ShardCall]]) -> dict[int, ShardReply]:
         waiting = {call.call_id: index for index, call in messages}
-        for index, call in messages:
-            self.system.tell(self.addresses[index], call)
+        calls = {call.call_id: call for _, call in messages}
+        refused: set[int] = set()              # calls whose send failed
+
+        def send(call: ShardCall) -> None:
+            def failed(_status: str) -> None:
+                refused.add(call.call_id)
+            post(self.system, self.addresses[waiting[call.call_id]], call, self.timeout_s,
+                 failed)
+
+        for call in calls.values():
+            send(call)
         replies: dict[int, ShardReply] = {}
-        started = time.monotonic()
-        next_poll = started + _LIVENESS_POLL_S
-        status_id: int | None = None
+        deadline = time.monotonic() + self.timeout_s
         while waiting:
-            now = time.monotonic()
-            if now - started > self.timeout_s:
+            for call_id, index in list(waiting.items()):
+                error = self._gone(index)
+                if error is not None:
+                    del waiting[call_id]
+                    replies[call_id] = ShardReply(call_id, error=error)
+                elif call_id in refused:
+                    # refused, yet its supervisor counts the host alive: it has not heard of
+                    # the death yet (it will within a poll or two), or Thespian called a stale
+                    # connection dead (a broken pipe). Send again until one of them is true.
+                    refused.discard(call_id)
+                    send(calls[call_id])
+            left = deadline - time.monotonic()
+            if not waiting:
+                break
+            if left <= 0:
                 raise TwinError(f"shard(s) {sorted(set(waiting.values()))} did not answer "
                                 f"within {self.timeout_s:g}s")
-            if status_id is None and now >= next_poll:
-                self._next_id += 1
-                status_id = self._next_id
-                self.system.tell(self.supervisor, StatusRequest(status_id))
-            message = self.system.listen(_LIVENESS_POLL_S)
+            message = self.system.listen(min(left, _LIVENESS_CHECK_S))
             if isinstance(message, ShardReply) and message.call_id in waiting:
                 del waiting[message.call_id]
                 replies[message.call_id] = message
-            elif isinstance(message, StatusReply) and message.call_id == status_id:
-                status_id = None
-                next_poll = time.monotonic() + _LIVENESS_POLL_S
-                for call_id, index in list(waiting.items()):
-                    state = message.shards[index]
-                    # "restarting" is alive: the facade is refilling that very host
-                    if (state.status not in ("running", "restarting") or
-                            state.generation != self.generations[index]):
-                        del waiting[call_id]
-                        replies[call_id] = ShardReply(call_id, error=ShardDown(
-                            index, state.status, state.reason))
             # anything else is a late reply to a call that was given up on: dropped
         return replies
+
+    def _gone(self, index: int) -> ShardDown | None:
+        """Why the host of shard ``index`` will not answer, as the shard watch last heard
+        from the supervisor, or None while it may."""
+        assert self.watch is not None
+        states = self.watch.states
+        if not states:
+            return None
+        state = states[index]
+        if state.generation < self.generations[index]:
+            return None                # heard before this host was adopted: says nothing
+        # "restarting" is alive: the facade is refilling that very host
+        if (state.status not in ("running", "restarting") or
+                state.generation != self.generations[index]):
+            return ShardDown(index, state.status, state.reason)
+        return None
 
     # -- supervision ------------------------------------------------------------------------
 
     def status(self) -> tuple[ShardState, ...]:
-        """Every shard's state as the supervisor sees it (embedded shards are always up)."""
-        if self.embedded:
+        """Every shard's state as the supervisor sees it now (embedded shards are always up)."""
+        if self.watch is None:
             return tuple(ShardState(i, addr, self.generations[i], "running")
                          for i, addr in enumerate(self.addresses))
-        self._next_id += 1
-        call_id = self._next_id
-        self.system.tell(self.supervisor, StatusRequest(call_id))
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            message = self.system.listen(max(0.01, deadline - time.monotonic()))
-            if isinstance(message, StatusReply) and message.call_id == call_id:
-                return message.shards
-        raise TwinError(f"the fleet supervisor did not answer within {self.timeout_s:g}s")
+        return self.watch.poll()
+
+    def latest_status(self) -> tuple[ShardState, ...]:
+        """What the watch last heard (no round trip); a fresh answer if it heard nothing."""
+        if self.watch is None or not self.watch.states:
+            return self.status()
+        return self.watch.states
 
     def adopt(self, state: ShardState) -> None:
         """Use the restarted shard host ``state`` describes (it is not configured yet)."""
@@ -204,11 +241,21 @@ class Hosting:
         self.pids.pop(state.index, None)
 
     def recovered(self, index: int) -> None:
-        self.system.tell(self.supervisor, ShardRecovered(index, self.generations[index]))
+        assert self.watch is not None
+        self.watch.tell(ShardRecovered(index, self.generations[index]))
 
     def shutdown(self) -> None:
         try:
-            self.system.tell(self.supervisor, ActorExitRequest())
+            if self.watch is not None:
+                # on the watch's channel: the main one may still hold a send to a dead shard
+                try:
+                    self.watch.tell(ActorExitRequest())
+                except TwinError as error:     # the system's shutdown below ends it anyway
+                    log.warning("fleet_supervisor_unreachable", reason=str(error))
+                finally:
+                    self.watch.close()
+            else:
+                self.system.tell(self.supervisor, ActorExitRequest())
         finally:
             self.system.shutdown()
 

@@ -11,7 +11,7 @@ import msgpack
 
 from twin.core.samples import ACCEPTED, ANOMALOUS, LATE, Sample
 from twin.core.states import Transition
-from twin.store.store import Snapshot, Store
+from twin.store.store import Snapshot, Store, StoreBusy
 
 # Outcomes whose samples get a row in twin_samples: clean ones (the newest moves state, late
 # ones are history) and anomalous ones (kept raw, flagged by their outcome code). The writer
@@ -35,8 +35,9 @@ class Persistence:
 
     def append(self, received_at: float, source: str, payload: bytes, count: int) -> int:
         """Append a batch to the log and commit; returns its offset. Raises
-        :class:`StoreBusy` first if the writer is too far behind."""
-        self.store.writer.wait_for_room(self.store.busy_timeout_s)
+        :class:`StoreBusy` first if the writer is too far behind (at once while the store is
+        known to be down: the writer cannot catch up then)."""
+        self.store.writer.wait_for_room(0.0 if self.store.down else self.store.busy_timeout_s)
         offset = self.store.append(received_at, source, payload, count)
         self._appended = (offset, payload, count)
         return offset
@@ -78,14 +79,26 @@ class Persistence:
         return (self._batches_since_snapshot >= self.snapshot_every_batches or
                 now - self._last_snapshot_at >= self.snapshot_every_s)
 
-    def save_snapshot(self, now: float, model_version: int, shards: list[dict[str, Any]]
-                      ) -> None:
+    def capture(self, now: float, model_version: int, shards: list[dict[str, Any]]
+                ) -> Snapshot:
+        """A snapshot of the shards' rows, at the log offset and command they reflect."""
+        state = msgpack.packb({"shards": shards, "last_command": self.last_command},
+                              use_bin_type=True)
+        return Snapshot(self.last_offset, now, model_version, state)
+
+    def save(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` once the writer has caught up with it; :class:`StoreBusy` if
+        it does not within the store's ``busy_timeout_s``."""
         # derived rows up to this offset must be written first: a restart replays only what
         # comes after the snapshot, and re-deriving older rows would classify them anew
-        self.store.writer.flush()
-        state = msgpack.packb({"shards": shards, "last_command": self.last_command},
-                               use_bin_type=True)
-        self.store.save_snapshot(Snapshot(self.last_offset, now, model_version, state))
+        if not self.store.writer.flush(timeout_s=self.store.busy_timeout_s):
+            raise StoreBusy(f"the store's writer did not catch up within "
+                            f"{self.store.busy_timeout_s:g}s; snapshot not taken")
+        self.store.save_snapshot(snapshot)
+        self.postpone(snapshot.taken_at)
+
+    def postpone(self, now: float) -> None:
+        """The next snapshot is due a full period (of time or batches) after ``now``."""
         self._last_snapshot_at = now
         self._batches_since_snapshot = 0
 

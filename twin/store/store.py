@@ -13,6 +13,11 @@ Writes take two paths:
   raises :class:`StoreBusy`: memory never grows without bound, and a refused batch is not
   acknowledged.
 
+A log append that fails for ``busy_timeout_s`` marks the store *down*: until an append
+succeeds again, each append makes a single attempt and ``ingest`` refuses at once instead of
+waiting out the timeout again (a refused connection answers in microseconds; on PostgreSQL a
+connection or statement that hangs gives up after ``statement_timeout_s``).
+
 Each derived batch is committed with the log offset it covers (``twin_progress.cleaned``); a
 snapshot is taken only once the writer has caught up, so a restart replays the log from the
 newest snapshot's offset. Replays are idempotent (conflicting rows are ignored).
@@ -24,10 +29,12 @@ so that each waits exactly as long as the other's transaction lasts.
 
 from __future__ import annotations
 
+import inspect
+import math
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +52,7 @@ from twin.store.writer_process import FileLock
 log = structlog.get_logger("twin.store")
 
 __all__ = ["LogEntry", "Snapshot", "Store", "StoreBusy", "StoreUnavailable", "StoredVersion",
-           "engine_for"]
+           "engine_for", "open_store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +82,10 @@ class StoredVersion:
     change_json: str
 
 
-def engine_for(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL, full sync and a busy timeout."""
+def engine_for(url: str, statement_timeout_s: float | None = None) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, full sync and a busy timeout. On
+    PostgreSQL, ``statement_timeout_s`` bounds every statement of its connections, and their
+    connection attempts (unless the URL sets ``connect_timeout``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -94,7 +103,22 @@ def engine_for(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if statement_timeout_s is None or parsed.get_backend_name() != "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    # libpq counts whole seconds, at least 2
+    connect = ({} if "connect_timeout" in parsed.query else
+               {"connect_timeout": max(2, math.ceil(statement_timeout_s))})
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect)
+    timeout_ms = max(1, int(statement_timeout_s * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _timeout(dbapi_connection: Any, _record: Any) -> None:
+        # a lock held elsewhere, or a server that stopped answering, must not hang the fleet
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {timeout_ms}")
+        dbapi_connection.commit()
+
+    return engine
 
 
 class Store:
@@ -104,29 +128,36 @@ class Store:
     ``queue_batches``: batches in flight to the writer before ingest waits, then refuses;
     ``flush_rows`` / ``flush_interval_s``: the writer writes when it holds this many rows or
     its oldest is this old; ``chunk_rows``: rows per SQLite transaction (the longest a log
-    append waits for the writer); ``busy_timeout_s``: how long ingest waits for room, and the
-    writer for SQLite's lock, before giving up; ``retry_base_s`` / ``retry_max_s`` / ``seed``:
-    the writer's exponential backoff with jitter while the database is away.
+    append waits for the writer); ``busy_timeout_s``: how long a log append retries, ingest
+    waits for room, and the writer waits for SQLite's lock, before giving up;
+    ``statement_timeout_s`` (PostgreSQL; default ``busy_timeout_s``): the longest one
+    statement or connection attempt of this process may take; ``retry_base_s`` /
+    ``retry_max_s`` / ``seed``: the writer's exponential backoff with jitter while the database
+    is away. ``Fleet(model, store=url, store_options={...})`` passes the same options.
     """
 
     def __init__(self, url: str, *, queue_batches: int = 64, flush_rows: int = 20_000,
                  flush_interval_s: float = 0.2, busy_timeout_s: float = 10.0,
+                 statement_timeout_s: float | None = None,
                  retry_base_s: float = 0.05, retry_max_s: float = 5.0, seed: int = 0,
                  chunk_rows: int = 2_000) -> None:
+        for name, value in (("busy_timeout_s", busy_timeout_s),
+                            ("statement_timeout_s", statement_timeout_s)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.url = url
-        self.engine = engine_for(url)
-        self.dialect = self.engine.dialect.name
         self.busy_timeout_s = busy_timeout_s
+        self.statement_timeout_s = (busy_timeout_s if statement_timeout_s is None
+                                    else statement_timeout_s)
+        self.engine = engine_for(url, self.statement_timeout_s)
+        self.dialect = self.engine.dialect.name
+        self.down = False          # the last log append failed: the next one tries only once
         schema.metadata.create_all(self.engine)
         self._log_conn = self.engine.connect()
         mark = "?" if self.dialect == "sqlite" else "%s"
         # the hot append as plain SQL: Core's statement handling costs more than the insert
         self._append_sql = (f'INSERT INTO twin_log (received_at, source, samples, payload) '
                             f'VALUES ({mark}, {mark}, {mark}, {mark}) RETURNING "offset"')
-        # SQLite waits at most its busy timeout; PostgreSQL needs a statement timeout
-        self._append_timeout_sql = (
-            f"SET LOCAL statement_timeout = {max(1, int(busy_timeout_s * 1000))}"
-            if self.dialect == "postgresql" else "")
         self._log_lock = threading.Lock()
         config: dict[str, Any] = {
             "dialect": self.dialect, "flush_rows": flush_rows,
@@ -162,30 +193,43 @@ class Store:
     # -- the raw log (synchronous) -----------------------------------------------------------
 
     def append(self, received_at: float, source: str, payload: bytes, count: int) -> int:
-        """Append a batch to the raw log and commit; returns its offset."""
-        deadline = time.monotonic() + self.busy_timeout_s
-        attempt = 0
+        """Append a batch to the raw log and commit; returns its offset. Retries for up to
+        ``busy_timeout_s``, or tries once while the store is known to be down."""
         with self._log_lock:
+            deadline = time.monotonic() + (0.0 if self.down else self.busy_timeout_s)
+            attempt = 0
             while True:
                 try:
                     with self._exclusive():
-                        if self._append_timeout_sql:
-                            # a lock held elsewhere must not hang ingest (and the fleet's lock)
-                            self._log_conn.exec_driver_sql(self._append_timeout_sql)
                         offset = self._log_conn.exec_driver_sql(
                             self._append_sql, (received_at, source, count, payload)
                         ).scalar_one()
                         self._log_conn.commit()
-                    return int(offset)
                 except DBAPIError as error:
-                    self._log_conn.rollback()
+                    with suppress(DBAPIError):      # a lost connection cannot roll back
+                        self._log_conn.rollback()
                     attempt += 1
                     delay = min(1.0, 0.02 * 2 ** attempt)
                     if time.monotonic() + delay > deadline:
-                        raise StoreUnavailable(f"could not append to the log at "
-                                               f"{_redact(self.url)}: {error.orig}") from None
+                        raise self._unavailable(error) from None
                     log.warning("log_append_retry", attempt=attempt, reason=str(error.orig))
                     time.sleep(delay)
+                    continue
+                if self.down:
+                    self.down = False
+                    log.info("store_back", url=_redact(self.url))
+                return int(offset)
+
+    def _unavailable(self, error: DBAPIError) -> StoreUnavailable:
+        reason = " ".join(str(error.orig).split())
+        if not self.down:
+            self.down = True
+            log.error("store_down", url=_redact(self.url), reason=reason,
+                      action="refuse batches at once until an append succeeds")
+            return StoreUnavailable(f"could not append to the log at {_redact(self.url)} "
+                                    f"within {self.busy_timeout_s:g}s: {reason}")
+        return StoreUnavailable(f"the store at {_redact(self.url)} is down (tried once: "
+                                f"{reason}); nothing of this batch was accepted, retry later")
 
     def read_log(self, after: int) -> Iterator[LogEntry]:
         """Batches with an offset greater than ``after``, in order (streamed in pages)."""
@@ -205,13 +249,19 @@ class Store:
                 last = int(rows[-1].offset)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        with self._begin() as conn:
-            conn.execute(insert(schema.snapshots).values(
-                log_offset=snapshot.log_offset, taken_at=snapshot.taken_at,
-                model_version=snapshot.model_version, state=snapshot.state))
-            # older snapshots are no longer needed: the log holds everything after this one
-            conn.execute(schema.snapshots.delete().where(
-                schema.snapshots.c.log_offset < snapshot.log_offset))
+        """Write ``snapshot`` and drop older ones; :class:`StoreUnavailable` if the database
+        refused."""
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(schema.snapshots).values(
+                    log_offset=snapshot.log_offset, taken_at=snapshot.taken_at,
+                    model_version=snapshot.model_version, state=snapshot.state))
+                # older snapshots are no longer needed: the log holds everything after it
+                conn.execute(schema.snapshots.delete().where(
+                    schema.snapshots.c.log_offset < snapshot.log_offset))
+        except DBAPIError as error:
+            raise StoreUnavailable(f"could not save a snapshot at {_redact(self.url)}: "
+                                   f"{' '.join(str(error.orig).split())}") from None
 
     def latest_snapshot(self) -> Snapshot | None:
         with self.engine.connect() as conn:
@@ -302,6 +352,17 @@ class Store:
         if self._file_lock is not None:
             self._file_lock.close()
             self._file_lock = None
+
+
+def open_store(url: str, options: Mapping[str, Any] | None = None) -> Store:
+    """``Store(url, **options)``, with an error naming an option that is not one."""
+    known = [name for name, param in inspect.signature(Store).parameters.items()
+             if param.kind is inspect.Parameter.KEYWORD_ONLY]
+    for name in options or {}:
+        if name not in known:
+            raise TypeError(f"store_options: {name!r} is not an option of the store; "
+                            f"valid: {', '.join(known)}")
+    return Store(url, **(options or {}))
 
 
 def _insert_ignore(dialect: str, table: Any) -> Any:

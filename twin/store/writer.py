@@ -183,6 +183,11 @@ class Writer:
     # -- the fleet's calls ----------------------------------------------------------------------
 
     @property
+    def failure(self) -> str | None:
+        """Why the writer is gone for good (it kept dying), or None while it runs."""
+        return self._failure
+
+    @property
     def depth(self) -> int:
         """Batches sent to the writer and not yet committed."""
         return self._sent - self._acked
@@ -237,16 +242,24 @@ class Writer:
         if self._failure is not None:
             raise StoreUnavailable(self._failure)
 
-    def flush(self) -> None:
-        """Wait until everything sent so far is committed."""
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything sent so far is committed (True), or ``timeout_s`` passed
+        (False)."""
         target = self._sent
         if self._acked >= target:
-            return
+            return True
         self._hurry()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while self._acked < target:
                 self._check()
-                self._cond.wait()
+                if deadline is None:
+                    self._cond.wait()
+                elif (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                else:
+                    return False
+        return True
 
     def close(self) -> None:
         """Write everything sent, then stop the process."""

@@ -18,6 +18,7 @@ only once this writer caught up).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import queue
 import random
@@ -307,6 +308,32 @@ class Database:
             self.discard()
 
 
+class DriverLog(logging.Handler):
+    """The driver's own log records, into this writer's structured log.
+
+    psycopg warns through :mod:`logging` (``error ignored terminating <psycopg.Pipeline
+    [BAD]>: the connection is lost`` when the server goes away in the middle of a write);
+    with no handler, Python printed that as a bare line on the fleet's stderr. Here it
+    becomes a ``store_driver_message`` event the fleet re-emits with its own log."""
+
+    def __init__(self, writer: WriterProcess) -> None:
+        super().__init__(logging.INFO)
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else (
+            "warning" if record.levelno >= logging.WARNING else "info")
+        self.writer.log(level, "store_driver_message", driver=record.name,
+                        message=" ".join(record.getMessage().split())[:300])
+
+    @classmethod
+    def install(cls, writer: WriterProcess, name: str) -> None:
+        logger = logging.getLogger(name)
+        logger.addHandler(cls(writer))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 class WriterProcess:
     def __init__(self, channel: Channel, config: dict[str, Any]) -> None:
         self.channel = channel
@@ -329,6 +356,7 @@ class WriterProcess:
         self.last_seq = 0           # the newest batch received
         self.acked = 0              # the newest batch written
         self.counts = Counts()
+        DriverLog.install(self, self.db.driver.__name__)
 
     def run(self) -> None:
         while True:
