@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="this node's own admin port (default 1900)")
     node.add_argument("--capability", action="append", default=[], metavar="NAME=VALUE",
                       help="an extra Thespian capability of this node (repeatable)")
+    node.add_argument("--bind", default=None, metavar="ADDR",
+                      help="the one address this node's actor system listens on (default: "
+                           "this machine's address on the way to the --join address)")
 
     # the simulator and the live view register their own commands (imported here, not at
     # module level: the cli sits above both in the import graph)
@@ -78,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from twin._node import parse_capabilities, run_node
 
             return run_node(args.join, args.name, args.port,
-                            parse_capabilities(args.capability))
+                            parse_capabilities(args.capability), bind=args.bind)
         elif args.command == "check":
             from twin._model import FleetModel
 
