@@ -102,6 +102,11 @@ class Link:
     host: str                   # this machine's end
     peer: str                   # the namespace's end
 
+    @property
+    def netns(self) -> str:
+        """The namespace as /proc/PID/ns/net names it."""
+        return f"net:[{os.stat(f'/run/netns/{self.namespace}').st_ino}]"
+
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
@@ -155,16 +160,15 @@ def test_a_fleet_and_its_node_on_two_machines_listen_only_where_they_are_told(
                 stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         stack.callback(node.wait, 30)
         stack.callback(node.kill)
-        namespace = netns(node.pid)
-        assert namespace is not None and namespace != netns(os.getpid())
-        stack.enter_context(killed_at_exit(lambda: in_netns(namespace)))
+        assert link.netns != netns(os.getpid())
+        stack.enter_context(killed_at_exit(lambda: in_netns(link.netns)))
         assert f"listening on {link.peer}:{node_port}" in Lines(node.stdout).next()
         banner = Lines(serve.stdout).next()       # printed once n2 joined and hosts shard 1
         assert "live view of" in banner, banner
         http_port = int(banner.split(" at ", 1)[1].split("/")[2].rsplit(":", 1)[1])
 
         leader_sockets = {(a, p) for pid in leader() for a, p in listening(pid)}
-        node_sockets = {(a, p) for pid in in_netns(namespace) for a, p in listening(pid)}
+        node_sockets = {(a, p) for pid in in_netns(link.netns) for a, p in listening(pid)}
         assert (LOOPBACK, http_port) in leader_sockets          # the live view: its own --host
         assert {a for a, p in leader_sockets if p != http_port} == {link.host}
         assert {a for a, _ in node_sockets} == {link.peer}

@@ -341,10 +341,10 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
     def _watch_owner(self) -> None:
         """A fleet whose process was killed cannot close its actor system: without this its
         shard processes would live on as orphans. Stop the whole system instead."""
-        assert self.owner_pid is not None and self.admin_port is not None
-        if alive(self.owner_pid, self.owner_started):
-            self.wakeupAfter(OWNER_CHECK_S, payload=_WATCH_OWNER)
-            return
+        assert self.owner_pid is not None
+        if alive(self.owner_pid, self.owner_started) or self.admin_port is None:
+            self.wakeupAfter(OWNER_CHECK_S, payload=_WATCH_OWNER)   # (embedded: the owner's
+            return                                                  # own process)
         log.error("fleet_process_gone", supervisor="fleet", reason="owner process exited",
                   offender=f"pid-{self.owner_pid}", action="stop actor system")
         self.closing = True
