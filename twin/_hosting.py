@@ -1,7 +1,7 @@
 """Thespian hosting: the fleet supervisor and shard hosts as Thespian actors.
 
 Thespian's camelCase API and its message conventions stay inside this module (and
-:mod:`twin._host_actors`). A shard host is a Thespian actor holding one
+:mod:`twin._host_actors`, :mod:`twin._lifeline`, :mod:`twin._listen`, :mod:`twin._node`). A shard host is a Thespian actor holding one
 :class:`twin._shard.Shard` (thousands of lightweight asset actors); the fleet supervisor is the
 Thespian actor that creates the shard hosts and, on the multi-process bases, watches them
 (``ChildActorExited``) and restarts them with backoff and a restart intensity.
