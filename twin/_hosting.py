@@ -1,10 +1,11 @@
 """Thespian hosting: the fleet supervisor and shard hosts as Thespian actors.
 
 Thespian's camelCase API and its message conventions stay inside this module (and
-:mod:`twin._host_actors`, :mod:`twin._lifeline`, :mod:`twin._listen`, :mod:`twin._node`). A shard host is a Thespian actor holding one
-:class:`twin._shard.Shard` (thousands of lightweight asset actors); the fleet supervisor is the
-Thespian actor that creates the shard hosts and, on the multi-process bases, watches them
-(``ChildActorExited``) and restarts them with backoff and a restart intensity.
+:mod:`twin._host_actors`, :mod:`twin._lifeline`, :mod:`twin._listen`, :mod:`twin._node`).
+A shard host is a Thespian actor holding one :class:`twin._shard.Shard` (thousands of
+lightweight asset actors); the fleet supervisor is the Thespian actor that creates the shard
+hosts and, on the multi-process bases, watches them (``ChildActorExited``) and restarts them
+with backoff and a restart intensity.
 
 Calls are ``ShardCall(call_id, method, args)`` answered by ``ShardReply``. A shard host never
 lets an exception escape ``receiveMessage``: Thespian would retry the message (applying a batch
