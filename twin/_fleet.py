@@ -116,7 +116,9 @@ class Fleet(Recovery, Failover):
     system (default: a free one). ``nodes`` places shard ``i`` on ``nodes[i % len(nodes)]``:
     ``"local"`` is this machine, any other name a ``twin node --join HOST:ADMIN_PORT --name
     NAME`` that joined (awaited up to ``join_timeout_s``); a node silent for
-    ``heartbeat_timeout_s`` is dead and its shards restart on the live ones.
+    ``heartbeat_timeout_s`` is dead and its shards restart on the live ones. ``bind`` is the
+    one address the actor system's processes listen on (default loopback: nothing from
+    another machine gets in; name the address nodes reach it on, see docs/security.md).
     ``supervision`` is the policy of each site's supervisor over its assets;
     ``site_supervision`` that of each shard's supervisor over its sites.
     ``command_sink`` is called with ``(asset_id, desired)`` for every accepted command (the
@@ -137,7 +139,8 @@ class Fleet(Recovery, Failover):
                  snapshot_every_s: float = 300.0, snapshot_every_batches: int = 2000,
                  shard_restart: SupervisionPolicy | None = None,
                  admin_port: int | None = None, nodes: Sequence[str] = (),
-                 join_timeout_s: float = 60.0, heartbeat_timeout_s: float = 5.0) -> None:
+                 join_timeout_s: float = 60.0, heartbeat_timeout_s: float = 5.0,
+                 bind: str = "127.0.0.1") -> None:
         if not isinstance(model, FleetModel):
             raise TypeError(f"Fleet needs a FleetModel, got {type(model).__name__}")
         if shards < 1:
@@ -175,7 +178,7 @@ class Fleet(Recovery, Failover):
         self._hosting = Hosting(system, shards, call_timeout_s, restart_policy=shard_restart,
                                 seed=seed, admin_port=admin_port, nodes=nodes,
                                 join_timeout_s=join_timeout_s,
-                                heartbeat_timeout_s=heartbeat_timeout_s)
+                                heartbeat_timeout_s=heartbeat_timeout_s, bind=bind)
         self._shards: list[ShardClient] = self._hosting.shards
         self._down: dict[int, str] = {}                 # shard index → why it is down
         self._site_shard: dict[str, int] = {}

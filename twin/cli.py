@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="this node's own admin port (default 1900)")
     node.add_argument("--capability", action="append", default=[], metavar="NAME=VALUE",
                       help="an extra Thespian capability of this node (repeatable)")
+    node.add_argument("--bind", default=None, metavar="ADDR",
+                      help="the one address this node's actor system listens on (default: "
+                           "this machine's address on the way to the --join address)")
 
     # the live view and the simulator register their own commands; they are found by name
     # so this entry point imports neither (the simulator sits above the edges it drives)
@@ -79,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from twin.hosting.node import parse_capabilities, run_node
 
             return run_node(args.join, args.name, args.port,
-                            parse_capabilities(args.capability))
+                            parse_capabilities(args.capability), bind=args.bind)
         elif args.command == "check":
             from twin.core.model import FleetModel
 

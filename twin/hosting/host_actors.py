@@ -29,8 +29,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,6 +45,16 @@ from thespian.actors import (
 
 from supervisors import SupervisionPolicy, backoff_delay, record_restart
 from twin.core.errors import TwinError
+from twin.hosting.lifeline import (
+    NODE_CAPABILITY,
+    OWNER_CHECK_S,
+    alive,
+    die_with_parent,
+    own_process,
+    start_time,
+    stop_actor_system,
+)
+from twin.hosting.listen import ANY, LOOPBACK
 from twin.runtime.shard import Shard, ShardConfig
 
 log = structlog.get_logger("twin.hosting")
@@ -78,6 +86,7 @@ class StartShards:
     join_timeout_s: float = 60.0
     heartbeat_s: float = 0.5
     heartbeat_timeout_s: float = 5.0
+    bind: str = LOOPBACK              # the address the fleet's actor system listens on
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +145,9 @@ class ShardRecovered:
 
 
 LOCAL = "local"                # the node name of the fleet's own actor system
-NODE_CAPABILITY = "twin.node"
 _WATCH_OWNER = "watch-owner"
 _HEARTBEAT = "heartbeat"
 _JOIN_TIMEOUT = "join-timeout"
-_OWNER_CHECK_S = 1.0
-_SHUTDOWN = ("from thespian.actors import ActorSystem; "
-             "ActorSystem({base!r}, {{'Admin Port': {port}}}).shutdown()")
 
 # Methods of Shard a host lets callers invoke.
 _CALLABLE = frozenset({
@@ -164,9 +169,11 @@ def _portable(error: BaseException) -> BaseException:
 class ShardHost(Actor):  # type: ignore[misc]
     """A Thespian actor that holds one shard of asset actors."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, capabilities: dict[str, Any] | None = None) -> None:
+        super().__init__()
         self.shard: Shard | None = None
+        if own_process(capabilities):
+            die_with_parent()          # its supervisor, or a node's admin, took it along
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict[str, Any],
@@ -199,13 +206,16 @@ class ShardHost(Actor):  # type: ignore[misc]
 class FleetSupervisor(Actor):  # type: ignore[misc]
     """The Thespian actor at the top: creates, watches and restarts the shard hosts."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, capabilities: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if own_process(capabilities):
+            die_with_parent()          # the admin: a fleet whose admin died cannot stop us
         self.states: list[ShardState] = []
         self.policy = SupervisionPolicy()
         self.rng = random.Random(0)
         self.closing = False
         self.owner_pid: int | None = None
+        self.owner_started: str | None = None
         self.admin_port: int | None = None
         self.system_base = "multiprocTCPBase"
         self.start = StartShards(0, self.policy)
@@ -249,7 +259,8 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         self.admin_port = message.admin_port
         self.system_base = message.system_base
         if self.owner_pid is not None:
-            self.wakeupAfter(_OWNER_CHECK_S, payload=_WATCH_OWNER)
+            self.owner_started = start_time(self.owner_pid)
+            self.wakeupAfter(OWNER_CHECK_S, payload=_WATCH_OWNER)
         self.pending = sender
         if any(node != LOCAL for node in message.placement):
             self.notifyOnSystemRegistrationChanges(True)
@@ -277,7 +288,8 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
             self.send(self.pending, StartFailed(
                 f"node(s) {', '.join(self._missing_nodes())} did not join the fleet's actor "
                 f"system within {self.start.join_timeout_s:g}s (run `twin node --join "
-                f"HOST:{self.admin_port} --name NAME` on each)"))
+                f"{self.start.bind if self.start.bind != ANY else 'HOST'}:{self.admin_port} "
+                "--name NAME` on each)"))
             self.pending = None
 
     def _host_on(self, node: str) -> ActorAddress:
@@ -297,7 +309,7 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         self.nodes.pop(node, None)
         for state in self.states:
             if state.node == node and state.status in ("running", "restarting"):
-                self._exited(state.address, f"node {node!r} left the convention")
+                self._lost(state, f"node {node!r} left the convention")
 
     def _heartbeat(self) -> None:
         if self.closing:
@@ -312,8 +324,7 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
                 if self.nodes.pop(state.node, None) is not None:
                     log.error("node_silent", supervisor="fleet", node=state.node,
                               reason=f"no heartbeat for {timeout:g}s", action="place elsewhere")
-                self._exited(state.address, f"no heartbeat from node {state.node!r} for "
-                                            f"{timeout:g}s")
+                self._lost(state, f"no heartbeat from node {state.node!r} for {timeout:g}s")
             else:
                 self.send(state.address, Ping(state.index, state.generation))
         self.wakeupAfter(self.start.heartbeat_s, payload=_HEARTBEAT)
@@ -331,22 +342,23 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         """A fleet whose process was killed cannot close its actor system: without this its
         shard processes would live on as orphans. Stop the whole system instead."""
         assert self.owner_pid is not None
-        try:
-            os.kill(self.owner_pid, 0)
-        except ProcessLookupError:
-            log.error("fleet_process_gone", supervisor="fleet", reason="owner process exited",
-                      offender=f"pid-{self.owner_pid}", action="stop actor system")
-            self.closing = True
-            # what fleet.close() would have done, from outside the system (an actor cannot
-            # wait for its own system's shutdown): stop the fleet's actor system
-            subprocess.Popen([sys.executable, "-c", _SHUTDOWN.format(base=self.system_base,
-                                                                port=self.admin_port)],
-                             start_new_session=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return
-        except PermissionError:
-            pass                                        # alive, another user's: not ours
-        self.wakeupAfter(_OWNER_CHECK_S, payload=_WATCH_OWNER)
+        if alive(self.owner_pid, self.owner_started) or self.admin_port is None:
+            self.wakeupAfter(OWNER_CHECK_S, payload=_WATCH_OWNER)   # (embedded: the owner's
+            return                                                  # own process)
+        log.error("fleet_process_gone", supervisor="fleet", reason="owner process exited",
+                  offender=f"pid-{self.owner_pid}", action="stop actor system")
+        self.closing = True
+        # what fleet.close() would have done
+        stop_actor_system(self.system_base, self.admin_port, self.start.bind)
+
+    def _lost(self, state: ShardState, reason: str) -> None:
+        """A remote host found dead by us, not by Thespian: Thespian still counts it among
+        this actor's children, and on exit would wait for it for ever (its exit request
+        fails, and thespian 4.0.1's failure callback names another child: a late-bound
+        loop variable). Say it exited, so that a stop after a failover is a stop. (A host
+        that lives on after all, on a partitioned node, stops with its node.)"""
+        self._exited(state.address, reason)
+        self.send(self.myAddress, ChildActorExited(state.address))
 
     def _exited(self, address: ActorAddress, reason: str = "shard host process exited"
                 ) -> None:

@@ -1,11 +1,12 @@
 """Thespian hosting: the fleet supervisor and shard hosts as Thespian actors.
 
 Thespian's camelCase API and its message conventions stay inside this module (and
-:mod:`twin.hosting.host_actors`). A shard host is a Thespian actor holding one
-:class:`twin.runtime.shard.Shard` (thousands of lightweight asset actors); the fleet supervisor
-is the
-Thespian actor that creates the shard hosts and, on the multi-process bases, watches them
-(``ChildActorExited``) and restarts them with backoff and a restart intensity.
+:mod:`twin.hosting.host_actors`, :mod:`twin.hosting.lifeline`, :mod:`twin.hosting.listen`,
+:mod:`twin.hosting.node`).
+A shard host is a Thespian actor holding one :class:`twin.runtime.shard.Shard` (thousands of
+lightweight asset actors); the fleet supervisor is the Thespian actor that creates the shard
+hosts and, on the multi-process bases, watches them (``ChildActorExited``) and restarts them
+with backoff and a restart intensity.
 
 Calls are ``ShardCall(call_id, method, args)`` answered by ``ShardReply``. A shard host never
 lets an exception escape ``receiveMessage``: Thespian would retry the message (applying a batch
@@ -34,7 +35,6 @@ from supervisors import SupervisionPolicy
 from twin.core.errors import ShardDown, TwinError
 from twin.hosting.host_actors import (
     LOCAL,
-    NODE_CAPABILITY,
     FleetSupervisor,
     ShardCall,
     ShardRecovered,
@@ -44,6 +44,8 @@ from twin.hosting.host_actors import (
     StartFailed,
     StartShards,
 )
+from twin.hosting.lifeline import NODE_CAPABILITY
+from twin.hosting.listen import LOOPBACK, listen_on
 from twin.hosting.shard_watch import ShardWatch, post
 from twin.runtime.shard import ShardConfig
 
@@ -76,7 +78,8 @@ class Hosting:
     def __init__(self, system_base: str, shards: int, timeout_s: float = 60.0, *,
                  restart_policy: SupervisionPolicy | None = None, seed: int = 0,
                  admin_port: int | None = None, nodes: Sequence[str] = (),
-                 join_timeout_s: float = 60.0, heartbeat_timeout_s: float = 5.0) -> None:
+                 join_timeout_s: float = 60.0, heartbeat_timeout_s: float = 5.0,
+                 bind: str = LOOPBACK) -> None:
         if system_base != EMBEDDED_BASE and system_base not in MULTIPROC_BASES:
             raise TwinError(f"system {system_base!r} is not supported; use {EMBEDDED_BASE!r} "
                             f"(embedded, the default) or one of {', '.join(MULTIPROC_BASES)}")
@@ -89,6 +92,8 @@ class Hosting:
         self.admin_port = None if self.embedded else (admin_port or free_port())
         capabilities = {} if self.embedded else {"Admin Port": self.admin_port,
                                                  NODE_CAPABILITY: LOCAL}
+        if not self.embedded:
+            listen_on(bind)            # Thespian alone would listen on every interface
         self.system = ActorSystem(system_base, capabilities, transientUnique=True)
         self._next_id = 0
         self.pids: dict[int, int] = {}
@@ -99,10 +104,13 @@ class Hosting:
             self.supervisor = self.system.createActor(FleetSupervisor)
             start = StartShards(shards, policy, seed, os.getpid(), self.admin_port, system_base,
                                 placement, join_timeout_s,
-                                heartbeat_timeout_s=heartbeat_timeout_s)
+                                heartbeat_timeout_s=heartbeat_timeout_s, bind=bind)
             started = self.system.ask(self.supervisor, start, timeout_s + join_timeout_s)
             if isinstance(started, StartFailed):
-                raise TwinError(started.reason)
+                hint = (f"; the fleet listens on {bind} only: name the address other machines "
+                        "reach it on (bind=ADDR, twin serve --bind ADDR)"
+                        if bind == LOOPBACK and "did not join" in started.reason else "")
+                raise TwinError(started.reason + hint)
             if not isinstance(started, ShardsStarted):
                 raise TwinError(f"the fleet supervisor did not start its shards: {started!r}")
         except BaseException:

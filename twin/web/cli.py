@@ -49,6 +49,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--admin-port", type=int, default=None,
                        help="admin port of the fleet's actor system, which nodes join "
                             "(default: a free port)")
+    serve.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+                       help="the one address the fleet's actor system (admin port and shard "
+                            "processes) listens on; with --nodes on other machines, the "
+                            "address they reach this one on (default 127.0.0.1; not the "
+                            "HTTP --host)")
+    serve.add_argument("--heartbeat-timeout", type=float, default=5.0, metavar="S",
+                       help="a node silent this long is dead and its shards restart "
+                            "elsewhere (default 5)")
     serve.set_defaults(run=run)
 
 
@@ -77,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else []
     processes = args.shards > 1 or bool(nodes)
     with Fleet(model, store=args.store, shards=args.shards, nodes=nodes,
-               admin_port=args.admin_port,
+               admin_port=args.admin_port, bind=args.bind,
+               heartbeat_timeout_s=args.heartbeat_timeout,
                system="multiprocTCPBase" if processes else "simpleSystemBase") as fleet:
         try:
             server = LiveServer(fleet, host=args.host, port=args.port, token=token).start()
