@@ -271,7 +271,6 @@ def test_each_accepted_sample_pushes_the_offline_deadline_back(shard: Shard) -> 
     shard.ingest(T0, [power("t1", 1.0, T0)])
     shard.ingest(T0 + 20, [power("t1", 2.0, T0 + 20)])
     assert shard.tick(T0 + 30).transitions == []
-    assert shard.next_due() is not None
     assert [(t.at, t.new) for t in shard.tick(T0 + 50).transitions] == [(T0 + 50, "offline")]
 
 
@@ -357,6 +356,8 @@ def test_an_invalid_command_is_a_reply_value_naming_the_field(shard: Shard) -> N
     reply = shard.command(T0, "t1", {"setpoint_kw": 1}).reply
     assert isinstance(reply, InvalidCommand)
     assert "'setpoint_kw'" in str(reply) and "power_limit_kw" in str(reply)
+    view = shard.asset_view("t1")                     # not a failure of the actor
+    assert (view["state"], view["restarts"], view["desired"]) == ("online", 0, {})
 
 
 def test_calls_on_an_asset_the_shard_does_not_hold_raise_unknown_asset(shard: Shard) -> None:
@@ -387,7 +388,8 @@ def test_an_asset_waiting_out_its_restart_backoff_defers_samples_and_refuses_com
     assert shard.asset_view("t1")["pending"] == 1
     assert shard.command(T0 + 3, "t1", {"power_limit_kw": 1}).reply == Unavailable(
         "t1", "restarting", T0)
-    assert shard.next_due() == T0 + 7
+    shard.tick(T0 + 6.9)
+    assert (shard.asset_view("t1")["restarts"], shard.asset_view("t1")["pending"]) == (1, 1)
     shard.tick(T0 + 7)
     view = shard.asset_view("t1")
     assert (view["restarts"], view["pending"], view["reported"]) == (2, 0, {"power_kw": 6.0})
@@ -404,8 +406,10 @@ def test_a_crash_loop_quarantines_and_release_makes_the_asset_unknown_again(
     assert (transition.old, transition.new) == ("online", "quarantined")
     assert transition.reason.startswith("crash loop: RuntimeError: chaos")
     assert by_key(out)["site:farm"].rows["turbine"] == (1, 0, 0, 1, 0, 5_000_000)
-    held = shard.ingest(T0 + 9, [power("t1", 1.0, T0 + 9)])
+    held = shard.ingest(T0 + 9, [power("t1", 1.0, T0 + 9)], want_outcomes=True)
     assert counts(held) == {"quarantined": 1}
+    assert held.outcomes == bytearray([OUTCOMES.index("quarantined")])
+    assert held.errors == []
     assert shard.command(T0 + 9, "t1", {"power_limit_kw": 1}).reply == Unavailable(
         "t1", "quarantined", T0)
     assert shard.tick(T0 + 100).transitions == []     # no offline deadline while quarantined
@@ -527,6 +531,22 @@ def test_a_restored_shard_keeps_running_the_state_machine(model: FleetModel) -> 
     assert [(t.asset_id, t.new) for t in fresh.tick(T0 + 70).transitions] == [("t1", "offline")]
     assert counts(fresh.ingest(T0 + 71, [power("t2", 1.0, T0 + 71)])) == {"quarantined": 1}
     assert fresh.release(T0 + 72, "t2").transitions[0].new == "unknown"
+
+
+def test_a_sample_waiting_at_snapshot_time_is_applied_on_restore(model: FleetModel) -> None:
+    original = make_shard(model)
+    original.ingest(T0, [power("t1", 1.0, T0)])
+    original.inject_fault(T0 + 1, "t1", "chaos")
+    original.inject_fault(T0 + 2, "t1", "chaos")            # waiting out a backoff
+    original.ingest(T0 + 3, [power("t1", 8.0, T0 + 3), power("f1", 1.0, T0 + 3)])
+    rows = original.snapshot()
+    assert rows["t1"][-1] == [["t1", T0 + 3, None, {"power_kw": 8.0}]]
+    fresh = make_shard(model)
+    out = fresh.restore(T0 + 4, rows)
+    assert out.transitions == []     # no state changes: t1 was online, f1 online before
+    view = fresh.asset_view("t1")
+    assert (view["reported"], view["pending"], view["accepted"]) == ({"power_kw": 8.0}, 0, 2)
+    assert rows_of(fresh)["site:farm"]["flaky"] == (0, 1, 0, 0, 1_000, 1_000_000)
 
 
 def test_restore_ignores_rows_of_assets_the_shard_does_not_hold(model: FleetModel) -> None:

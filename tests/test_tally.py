@@ -195,6 +195,13 @@ def test_a_duplicate_or_older_summary_is_ignored(kernel: Kernel, site: GroupActo
                                                                    [], 1)
 
 
+def test_a_version_already_seen_is_a_duplicate_whatever_it_says(kernel: Kernel,
+                                                                 site: GroupActor) -> None:
+    send(kernel, site, leaf("site:farm", 1, {"turbine": row(online=1)}, set()),
+         leaf("site:farm", 1, {"turbine": row(offline=1)}, {"t1"}))
+    assert (site.rows, site.snapshot().missing) == ({"turbine": [0, 1, 0, 0, 0, 0]}, ())
+
+
 def test_a_summary_without_news_does_not_flush(kernel: Kernel, site: GroupActor,
                                                changes: list[GroupActor]) -> None:
     send(kernel, site, leaf("site:farm", 1, {"turbine": row(online=1)}, set()))

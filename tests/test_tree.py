@@ -254,12 +254,17 @@ def test_forgetting_a_leaf_drops_its_counts_and_takes_its_next_summary_as_new(
     assert tree.lookup("acme").snapshot().missing == ("b1", "b8", "t1", "t2")
 
 
-def test_rewiring_after_a_site_moves_region_moves_its_counts(tree: RollupTree) -> None:
-    tree.absorb(ALL)
+def test_rewiring_after_a_site_moves_region_moves_its_counts_and_missing_ids(
+        tree: RollupTree) -> None:
+    tree.absorb([*ALL, summary("site:farm", 2, {"turbine": (0, 1, 1, 0, 9_000, 6_000_000)},
+                               {"t2"})])
     tree.wire(FleetModel.from_dict(fleet_raw(farm_region="south")), PARTIALS)
     assert counts(tree, "acme/north") == (1, 0, 0, 0, 0.0, 5.0)
-    assert counts(tree, "acme/south") == (0, 3, 1, 0, 2497.0, 6010.0)
-    assert counts(tree, "acme") == (1, 3, 1, 0, 2497.0, 6015.0)
+    assert tree.lookup("acme/north").snapshot().missing == ("b1",)
+    assert counts(tree, "acme/south") == (0, 2, 2, 0, 6.0, 6010.0)
+    assert tree.lookup("acme/south").snapshot().missing == ("b8", "t2")
+    assert counts(tree, "acme") == (1, 2, 2, 0, 6.0, 6015.0)
+    assert tree.lookup("acme").snapshot().missing == ("b1", "b8", "t2")
     assert tree.lookup("acme/south/farm").path == "acme/south/farm"
     with pytest.raises(UnknownPath):
         tree.lookup("acme/north/farm")
