@@ -32,9 +32,10 @@ from twin.core.clock import Clock
 from twin.core.model import FleetModel
 from twin.core.rollup import ROW_CAPACITY_W, ROW_UNKNOWN, ROW_WIDTH
 from twin.core.samples import IngestReport, Sample, SampleError
-from twin.core.states import Transition
+from twin.core.states import ShardStatus, Transition
 from twin.hosting.host_actors import ShardState
-from twin.runtime.shard import ShardConfig, ShardOutput, partial_key, site_key
+from twin.runtime.calls import Collect, Replay, Restore, RestoreDesired, Tick
+from twin.runtime.shard import ShardConfig, partial_key, site_key
 from twin.runtime.tree import RollupTree
 from twin.store.persistence import Persistence
 from twin.wire import pack_rows, unpack_batch
@@ -89,19 +90,20 @@ class Failover:
             for state in states:
                 i = state.index
                 status = state.status
-                if (status in ("down", "failed") and not self._hosting.embedded and
+                if (status.dead and not self._hosting.embedded and
                         state.generation >= self._hosting.generations[i]):
                     self._mark_down(i, state.reason)        # the supervisor says why
-                if status == "restarting" or (status == "running" and i in self._down):
-                    status = "recovering"
+                if status == ShardStatus.RESTARTING or (
+                        status == ShardStatus.RUNNING and i in self._down):
+                    status = ShardStatus.RECOVERING
                 sites = [s for s, k in self._site_shard.items() if k == i]
                 out.append({"index": i, "node": state.node, "status": status,
                             "generation": state.generation,
                             "restarts": state.restarts, "pid": self._hosting.pids.get(i),
                             "sites": len(sites),
                             "assets": sum(len(self.model.sites[s].assets) for s in sites),
-                            "reason": self._down.get(i, state.reason if status != "running"
-                                                     else "")})
+                            "reason": self._down.get(
+                                i, state.reason if status != ShardStatus.RUNNING else "")})
             return out
 
     def wait_for_shards(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
@@ -115,7 +117,7 @@ class Failover:
                 self._tick(self.clock.now())
                 states = self.shards()
             self._deliver()
-            if all(s["status"] in ("running", "failed") for s in states):
+            if all(s["status"] in (ShardStatus.RUNNING, ShardStatus.FAILED) for s in states):
                 return states
             if time.monotonic() >= deadline:
                 return states
@@ -132,12 +134,12 @@ class Failover:
             ours = self._hosting.generations[i]
             if state.generation < ours:
                 continue                  # heard before the host in use was adopted
-            if state.status in ("down", "failed"):
+            if state.status.dead:
                 self._mark_down(i, state.reason)
             elif state.generation != ours or i in self._down:
                 self._mark_down(i, state.reason or "shard host restarted")
                 # a host still "running" that a call found dead waits for its supervisor
-                if state.status == "restarting":
+                if state.status == ShardStatus.RESTARTING:
                     self._recover_shard(state, now)
 
     def _on_shard_states(self, states: tuple[ShardState, ...]) -> bool:
@@ -148,7 +150,7 @@ class Failover:
         (a call to a dead shard gives up on it by itself)."""
         gens = self._hosting.generations
         dead = [s for s in states if s.index not in self._down and s.generation >= gens[s.index]
-                and (s.status in ("down", "failed") or s.generation > gens[s.index])]
+                and (s.status.dead or s.generation > gens[s.index])]
         if not dead:
             return True
         if not self._lock.acquire(blocking=False):
@@ -210,7 +212,7 @@ class Failover:
             report.deferred += len(part)
             return
         report.rejected += len(part)
-        reason = self._down.get(index, "down")
+        reason = self._down.get(index, ShardStatus.DOWN)
         report.errors.extend(SampleError(i, s.asset_id, "asset_id", s.asset_id,
                                          f"the shard holding this asset is down ({reason}) "
                                          "and the fleet has no store to keep the sample for it")
@@ -228,8 +230,8 @@ class Failover:
             self._populate(shard)
             if self._persist is not None:
                 self._refill(shard, now)
-            shard.call("tick", now)
-            full: ShardOutput = shard.call("collect", True)
+            shard.call(Tick(now))
+            full = shard.call(Collect(True))
         except Exception as error:    # the host died again, or the store is away: next tick
             log.error("shard_recovery_failed", shard=index, reason=str(error))
             return
@@ -262,12 +264,12 @@ class Failover:
         start = last_command = 0
         if snapshot is not None:
             rows, last_command = Persistence.snapshot_rows(snapshot)
-            shard.call("restore", snapshot.taken_at,
-                       {a: row for a, row in rows.items() if self._placed_on(a) == index})
+            shard.call(Restore(snapshot.taken_at,
+                               {a: row for a, row in rows.items() if self._placed_on(a) == index}))
             start = snapshot.log_offset
         for _, asset_id, _, desired in store.commands(last_command):
             if self._placed_on(asset_id) == index:
-                shard.call("restore_desired", asset_id, json.loads(desired))
+                shard.call(RestoreDesired(asset_id, json.loads(desired)))
         chunk: list[tuple[float, bytes]] = []
         meta: list[tuple[int, float, list[Sample]]] = []
         for entry in store.read_log(start):
@@ -287,7 +289,7 @@ class Failover:
     def _replay_chunk(self, shard: ShardClient, chunk: list[tuple[float, bytes]],
                       meta: list[tuple[int, float, list[Sample]]]) -> None:
         assert self._persist is not None
-        out: ShardOutput = shard.call("replay", chunk)
+        out = shard.call(Replay(tuple(chunk)))
         self._absorb(out)
         # the store's rows again (idempotent): samples held while the shard was down get
         # theirs only now

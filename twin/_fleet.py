@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -61,9 +61,27 @@ from twin.core.errors import (
 from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
 from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
-from twin.core.states import Transition
+from twin.core.states import ShardStatus, Transition
 from twin.core.views import AssetView, CommandReceipt
 from twin.hosting.system import EMBEDDED_BASE, Hosting, ShardClient
+from twin.runtime.calls import (
+    AddAssets,
+    AddSites,
+    AssetViewOf,
+    Collect,
+    Command,
+    Decommission,
+    ExportAsset,
+    ImportAsset,
+    Ingest,
+    IngestRows,
+    InjectFault,
+    Metrics,
+    MoveLocal,
+    Release,
+    ShardCall,
+    Tick,
+)
 from twin.runtime.shard import ShardConfig, ShardOutput, partial_key
 from twin.runtime.tree import RollupTree
 from twin.store.persistence import Persistence
@@ -71,6 +89,8 @@ from twin.store.store import Store, StoreBusy, StoreUnavailable, open_store
 from twin.wire import pack_batch, pack_rows, sample_error, unpack_batch
 
 log = structlog.get_logger("twin.fleet")
+
+T = TypeVar("T")
 
 RollupCallback = Callable[[Rollup], None]
 
@@ -236,11 +256,11 @@ class Fleet(Recovery, Failover):
         model = self.model
         site_ids = [s for s, i in self._site_shard.items() if i == shard.index]
         for site_id in site_ids:
-            shard.call("add_site", site_id)
+            shard.call(AddSites((site_id,)))
         specs = [spec for site_id in site_ids for spec in model.sites[site_id].assets.values()]
         direct = {a: g for a, g in self._direct.items() if a in model.assets and
                   self._site_shard[model.assets[a].site] == shard.index}
-        shard.call("add_assets", specs, direct)
+        shard.call(AddAssets(tuple(specs), direct))
 
     def _direct_memberships(self) -> dict[str, tuple[str, ...]]:
         direct: dict[str, list[str]] = {}
@@ -340,14 +360,14 @@ class Fleet(Recovery, Failover):
         if not self._hosting.embedded:
             return self._run_batch_parallel(now, clean, indices, report)
         if len(self._shards) == 1:
-            out = self._shards[0].call("ingest", now, clean, indices, storing)
+            out = self._shards[0].call(Ingest(now, clean, indices, storing))
             self._absorb(out, report)
-            parts.append((clean, out.outcomes or b""))
+            parts.append((clean, bytes(out.outcomes or b"")))
         else:
             for shard, (part, part_indices) in self._route(clean, indices, report).items():
-                out = shard.call("ingest", now, part, part_indices, storing)
+                out = shard.call(Ingest(now, part, part_indices, storing))
                 self._absorb(out, report)
-                parts.append((part, out.outcomes or b""))
+                parts.append((part, bytes(out.outcomes or b"")))
         return parts
 
     def _run_batch_parallel(self, now: float, clean: list[Sample], indices: list[int] | None,
@@ -357,14 +377,13 @@ class Fleet(Recovery, Failover):
         store it is in the log and applied when the shard is back (``deferred``), without
         one it is rejected."""
         storing = self._persist is not None
-        calls: list[tuple[int, str, tuple[Any, ...]]] = []
+        calls: list[tuple[int, ShardCall[ShardOutput]]] = []
         sent: list[tuple[int, list[Sample], list[int]]] = []
         for shard, (part, part_indices) in self._route(clean, indices, report).items():
             if shard.index in self._down:
                 self._hold(shard.index, part, part_indices, report)
                 continue
-            calls.append((shard.index, "ingest_rows",
-                          (now, pack_rows(part), part_indices, storing)))
+            calls.append((shard.index, IngestRows(now, pack_rows(part), part_indices, storing)))
             sent.append((shard.index, part, part_indices))
         parts: list[tuple[list[Sample], bytes]] = []
         for (index, part, part_indices), out in zip(
@@ -376,7 +395,7 @@ class Fleet(Recovery, Failover):
                 raise out
             else:
                 self._absorb(out, report)
-                parts.append((part, out.outcomes or b""))
+                parts.append((part, bytes(out.outcomes or b"")))
         return parts
 
     def _screen(self, batch: list[Any], report: IngestReport
@@ -435,11 +454,11 @@ class Fleet(Recovery, Failover):
                         self._transition_counts.get(transition.new, 0) + 1)
             self._tree.absorb(output.summaries)
 
-    def _call_up(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> list[tuple[int, Any]]:
+    def _call_up(self, calls: Sequence[tuple[int, ShardCall[T]]]) -> list[tuple[int, T]]:
         """Run calls on shards (in parallel when they are processes); a shard found dead is
         marked down and left out of the answer, any other error is raised."""
         values = []
-        for (index, _, _), value in zip(calls, self._hosting.call_many(calls, return_errors=True),
+        for (index, _), value in zip(calls, self._hosting.call_many(calls, return_errors=True),
                                         strict=True):
             if isinstance(value, ShardDown):
                 self._mark_down(index, value.reason or value.status)
@@ -452,7 +471,7 @@ class Fleet(Recovery, Failover):
     def _collect_all(self, full: bool = False) -> None:
         for shard in self._shards:
             if shard.index not in self._down:
-                self._absorb(shard.call("collect", full))
+                self._absorb(shard.call(Collect(full)))
 
     # -- time -----------------------------------------------------------------------------
 
@@ -489,9 +508,9 @@ class Fleet(Recovery, Failover):
         if full:
             self._last_resend = now
         up = [shard.index for shard in self._shards if shard.index not in self._down]
-        calls = [(i, "tick", (now,)) for i in up]
+        calls: list[tuple[int, ShardCall[ShardOutput]]] = [(i, Tick(now)) for i in up]
         if full:
-            calls += [(i, "collect", (True,)) for i in up]
+            calls += [(i, Collect(True)) for i in up]
         for _, out in self._call_up(calls):
             self._absorb(out)
         if self._persist is not None and self._unsaved and not self._replaying:
@@ -529,7 +548,7 @@ class Fleet(Recovery, Failover):
         with self._lock:
             self._check_open()
             spec = self.model.asset(asset_id)
-            view = self._shard_of(asset_id).call("asset_view", asset_id)
+            view = self._shard_of(asset_id).call(AssetViewOf(asset_id))
             quality = {"accepted": view["accepted"], **view["quality"]}
             return AssetView(spec.id, spec.kind, self.model.sites[spec.site].path,
                              view["state"], spec.expected(), view["desired"], view["reported"],
@@ -550,7 +569,7 @@ class Fleet(Recovery, Failover):
     def metrics(self) -> dict[str, Any]:
         with self._lock:
             self._check_open()
-            shards = [m for _, m in self._call_up([(s.index, "metrics", ()) for s in self._shards
+            shards = [m for _, m in self._call_up([(s.index, Metrics()) for s in self._shards
                                                     if s.index not in self._down])]
             out: dict[str, Any] = {}
             with self._view_lock:
@@ -594,7 +613,7 @@ class Fleet(Recovery, Failover):
             self._check_open()
             self.model.asset(asset_id)
             now = self.clock.now()
-            output = self._shard_of(asset_id).call("command", now, asset_id, payload)
+            output = self._shard_of(asset_id).call(Command(now, asset_id, payload))
             self._absorb(output)
             reply = output.reply
             if isinstance(reply, CommandAccepted):
@@ -618,8 +637,8 @@ class Fleet(Recovery, Failover):
         with self._lock:
             self._check_open()
             self.model.asset(asset_id)
-            self._absorb(self._shard_of(asset_id).call("inject_fault", self.clock.now(),
-                                                       asset_id, reason))
+            self._absorb(self._shard_of(asset_id).call(
+                InjectFault(self.clock.now(), asset_id, reason)))
         self._deliver()
 
     def release(self, asset_id: str) -> None:
@@ -627,7 +646,7 @@ class Fleet(Recovery, Failover):
         with self._lock:
             self._check_open()
             self.model.asset(asset_id)
-            self._absorb(self._shard_of(asset_id).call("release", self.clock.now(), asset_id))
+            self._absorb(self._shard_of(asset_id).call(Release(self.clock.now(), asset_id)))
         self._deliver()
 
     # -- model changes --------------------------------------------------------------------
@@ -647,8 +666,8 @@ class Fleet(Recovery, Failover):
             if when <= now:
                 for index, reason in self._down.items():
                     # a shard that is down cannot follow the change; it waits for nobody
-                    raise ShardDown(index, "down", f"{reason}; model changes wait until every "
-                                    "shard is up")
+                    raise ShardDown(index, ShardStatus.DOWN, f"{reason}; model changes wait "
+                                    "until every shard is up")
             if when > now:
                 scheduled_id = (self._persist.schedule(when, change_to_dict(change))
                                 if self._persist is not None else None)
@@ -695,17 +714,17 @@ class Fleet(Recovery, Failover):
             index = min(range(len(self._shards)),
                         key=lambda i: (sum(1 for s in self._site_shard.values() if s == i), i))
             self._site_shard[change.site] = index
-            self._shards[index].call("add_site", change.site)
+            self._shards[index].call(AddSites((change.site,)))
         direct = self._direct_memberships()
         placed: set[str] = set()       # assets placed with their final direct groups below
         if isinstance(change, AddAsset):
             spec = version.undo
             placed.add(spec.id)
-            self._shard_of(spec.id).call("add_assets", [spec], {spec.id: direct.get(spec.id, ())})
+            self._shard_of(spec.id).call(AddAssets((spec,), {spec.id: direct.get(spec.id, ())}))
         elif isinstance(change, DecommissionAsset):
             assert before is not None
             shard = self._shards[self._site_shard[before.site]]
-            self._absorb(shard.call("decommission", now, before.id))
+            self._absorb(shard.call(Decommission(now, before.id)))
         elif isinstance(change, MoveAsset):
             assert before is not None
             spec = model.assets[change.asset]
@@ -714,17 +733,17 @@ class Fleet(Recovery, Failover):
             groups = direct.get(spec.id, ())
             placed.add(spec.id)
             if source is target:
-                self._absorb(source.call("move_local", now, spec, groups))
+                self._absorb(source.call(MoveLocal(now, spec, groups)))
             else:
-                out = source.call("export_asset", now, spec.id)
+                out = source.call(ExportAsset(now, spec.id))
                 self._absorb(out)
-                self._absorb(target.call("import_asset", now, spec, out.reply, groups))
+                self._absorb(target.call(ImportAsset(now, spec, out.reply, groups)))
         # direct group memberships may shift after any change (coverage is normalized)
         for asset_id in sorted((set(direct) | set(self._direct)) - placed):
             if asset_id in model.assets and direct.get(asset_id) != self._direct.get(asset_id):
                 spec = model.assets[asset_id]
-                self._absorb(self._shard_of(asset_id).call("move_local", now, spec,
-                                                           direct.get(asset_id, ())))
+                self._absorb(self._shard_of(asset_id).call(
+                    MoveLocal(now, spec, direct.get(asset_id, ()))))
         self._direct = direct
         leaves = self._partial_leaves()
         with self._view_lock:
@@ -784,7 +803,7 @@ class Fleet(Recovery, Failover):
     def _shard_of(self, asset_id: str) -> ShardClient:
         index = self._site_shard[self.model.asset(asset_id).site]
         if index in self._down:
-            raise ShardDown(index, "down", self._down[index])
+            raise ShardDown(index, ShardStatus.DOWN, self._down[index])
         return self._shards[index]
 
     @property

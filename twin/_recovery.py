@@ -21,7 +21,8 @@ from twin.core.clock import Clock
 from twin.core.errors import ShardDown, TwinError
 from twin.core.model import FleetModel
 from twin.core.samples import IngestReport, Sample
-from twin.core.states import Transition
+from twin.core.states import ShardStatus, Transition
+from twin.runtime.calls import Restore, RestoreDesired, TakeSnapshot
 from twin.store.persistence import Persistence
 from twin.store.store import Snapshot, Store, StoreBusy, StoredVersion, StoreUnavailable
 from twin.wire import unpack_batch
@@ -74,7 +75,7 @@ class Recovery:
                 if self._persist is None:
                     raise TwinError("snapshot() needs a store: Fleet(model, store=url)")
                 for index, reason in self._down.items():
-                    raise ShardDown(index, "down", reason)
+                    raise ShardDown(index, ShardStatus.DOWN, reason)
                 taken = self._capture_snapshot(self.clock.now())
             self._save_snapshot(taken)
             return taken.log_offset
@@ -83,7 +84,7 @@ class Recovery:
         assert self._persist is not None
         command_id, asset_id, _, desired = command
         if asset_id in self.model.assets:        # it may have been decommissioned since
-            self._shard_of(asset_id).call("restore_desired", asset_id, json.loads(desired))
+            self._shard_of(asset_id).call(RestoreDesired(asset_id, json.loads(desired)))
         self._persist.last_command = command_id
 
     def _reapply(self, stored: StoredVersion) -> None:
@@ -103,7 +104,7 @@ class Recovery:
 
     def _capture_snapshot(self, now: float) -> Snapshot:
         assert self._persist is not None
-        rows = [shard.call("snapshot") for shard in self._shards]
+        rows = [shard.call(TakeSnapshot()) for shard in self._shards]
         return self._persist.capture(now, self.model.version, rows)
 
     def _save_snapshot(self, taken: Snapshot) -> None:
@@ -138,7 +139,7 @@ class Recovery:
                     self._reapply(versions.popleft())
                 rows, last_command = Persistence.snapshot_rows(snapshot)
                 for shard in self._shards:
-                    self._absorb(shard.call("restore", snapshot.taken_at, rows))
+                    self._absorb(shard.call(Restore(snapshot.taken_at, rows)))
                 start = snapshot.log_offset
             commands = deque(store.commands(last_command))
             self._persist.last_offset = start

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final, NamedTuple
 
 from twin.core.errors import TwinError
@@ -61,3 +62,25 @@ class Transition(NamedTuple):
     old: str
     new: str
     reason: str
+
+
+class ShardStatus(StrEnum):
+    """A shard host's status: as its supervisor sees it (``running``, ``down``: dead with a
+    restart pending, ``restarting``: a new host waits to be filled, ``failed``: past the
+    restart intensity, no more restarts), and ``recovering`` as the facade reports a restarted
+    host it is still refilling."""
+
+    RUNNING = "running"
+    DOWN = "down"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    RECOVERING = "recovering"
+
+    @property
+    def alive(self) -> bool:
+        """Whether a host in this status answers calls (a restarting one is being refilled)."""
+        return self in (ShardStatus.RUNNING, ShardStatus.RESTARTING)
+
+    @property
+    def dead(self) -> bool:
+        return self in (ShardStatus.DOWN, ShardStatus.FAILED)

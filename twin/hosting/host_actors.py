@@ -3,8 +3,9 @@
 Protocol
 --------
 ``StartShards``     facade → supervisor: create the shard hosts; answered by ``ShardsStarted``.
-``ShardCall``       facade → shard host: run a :class:`twin.runtime.shard.Shard` method (or
-                    ``configure``); answered by ``ShardReply`` carrying the value or the error.
+``CallRequest``     facade → shard host: run a typed call (:mod:`twin.runtime.calls`) on its
+                    :class:`twin.runtime.shard.Shard`, or ``Configure`` it; answered by
+                    ``ShardReply`` carrying the value or the error.
 ``StatusRequest``   facade → supervisor: answered by ``StatusReply`` (every shard's state).
 ``ShardRecovered``  facade → supervisor: a restarted host has its state back; it is running.
 ``Ping``/``Pong``    supervisor ↔ shard hosts on other nodes: heartbeats (see below).
@@ -45,6 +46,7 @@ from thespian.actors import (
 
 from supervisors import SupervisionPolicy, backoff_delay, record_restart
 from twin.core.errors import TwinError
+from twin.core.states import ShardStatus
 from twin.hosting.lifeline import (
     NODE_CAPABILITY,
     OWNER_CHECK_S,
@@ -55,16 +57,23 @@ from twin.hosting.lifeline import (
     stop_actor_system,
 )
 from twin.hosting.listen import ANY, LOOPBACK
+from twin.runtime.calls import ShardCall
 from twin.runtime.shard import Shard, ShardConfig
 
 log = structlog.get_logger("twin.hosting")
 
 
 @dataclass(frozen=True, slots=True)
-class ShardCall:
+class Configure:
+    """Make the host's shard (a new, empty one); the reply is the host's process id."""
+
+    config: ShardConfig
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
     call_id: int
-    method: str
-    args: tuple[Any, ...]
+    call: ShardCall[Any] | Configure
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +134,7 @@ class ShardState:
     index: int
     address: Any
     generation: int
-    status: str
+    status: ShardStatus
     restarts: int = 0
     reason: str = ""
     failures: tuple[float, ...] = field(default=(), repr=False)
@@ -148,14 +157,6 @@ LOCAL = "local"                # the node name of the fleet's own actor system
 _WATCH_OWNER = "watch-owner"
 _HEARTBEAT = "heartbeat"
 _JOIN_TIMEOUT = "join-timeout"
-
-# Methods of Shard a host lets callers invoke.
-_CALLABLE = frozenset({
-    "add_site", "add_assets", "ingest", "ingest_rows", "tick", "command", "inject_fault",
-    "release", "asset_view", "decommission", "move_local", "export_asset", "import_asset",
-    "collect", "next_due", "metrics", "snapshot", "restore", "restore_desired", "replay",
-})
-
 
 def _portable(error: BaseException) -> BaseException:
     """``error`` if it survives pickling (it may cross a process), else a TwinError saying it."""
@@ -183,24 +184,22 @@ class ShardHost(Actor):  # type: ignore[misc]
         return wanted is None or capabilities.get(NODE_CAPABILITY) == wanted
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
-        if isinstance(message, ShardCall):
+        if isinstance(message, CallRequest):
             self.send(sender, self._call(message))
         elif isinstance(message, Ping):
             self.send(sender, Pong(message.index, message.generation))
 
-    def _call(self, call: ShardCall) -> ShardReply:
+    def _call(self, request: CallRequest) -> ShardReply:
         try:
-            if call.method == "configure":
-                config: ShardConfig = call.args[0]
-                self.shard = Shard(config)
-                return ShardReply(call.call_id, value=os.getpid())
+            call = request.call
+            if isinstance(call, Configure):
+                self.shard = Shard(call.config)
+                return ShardReply(request.call_id, value=os.getpid())
             if self.shard is None:
                 raise TwinError("shard host used before it was configured")
-            if call.method not in _CALLABLE:
-                raise TwinError(f"shard has no call {call.method!r}")
-            return ShardReply(call.call_id, value=getattr(self.shard, call.method)(*call.args))
+            return ShardReply(request.call_id, value=call.run(self.shard))
         except Exception as error:  # returned, never raised into Thespian (see module doc)
-            return ShardReply(call.call_id, error=_portable(error))
+            return ShardReply(request.call_id, error=_portable(error))
 
 
 class FleetSupervisor(Actor):  # type: ignore[misc]
@@ -246,8 +245,8 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
             self._restart(*message.payload)
         elif isinstance(message, ShardRecovered):
             state = self.states[message.index]
-            if state.generation == message.generation and state.status == "restarting":
-                self.states[message.index] = replace(state, status="running")
+            if state.generation == message.generation and state.status == ShardStatus.RESTARTING:
+                self.states[message.index] = replace(state, status=ShardStatus.RUNNING)
         elif isinstance(message, ActorExitRequest):
             self.closing = True
 
@@ -278,7 +277,8 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         while len(self.states) < self.start.count:
             index = len(self.states)
             node = placement[index % len(placement)]
-            self.states.append(ShardState(index, self._host_on(node), 0, "running", node=node))
+            self.states.append(ShardState(index, self._host_on(node), 0, ShardStatus.RUNNING,
+                                          node=node))
             self.last_pong[index] = time.monotonic()
         self.send(self.pending, ShardsStarted(tuple(s.address for s in self.states)))
         self.pending = None
@@ -308,7 +308,7 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
             return
         self.nodes.pop(node, None)
         for state in self.states:
-            if state.node == node and state.status in ("running", "restarting"):
+            if state.node == node and state.status.alive:
                 self._lost(state, f"node {node!r} left the convention")
 
     def _heartbeat(self) -> None:
@@ -317,7 +317,7 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         now = time.monotonic()
         timeout = self.start.heartbeat_timeout_s
         for state in list(self.states):
-            if state.node == LOCAL or state.status not in ("running", "restarting"):
+            if state.node == LOCAL or not state.status.alive:
                 continue
             if now - self.last_pong.get(state.index, now) > timeout:
                 # the node is suspect until it registers again: restart elsewhere
@@ -334,7 +334,7 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         if previous == LOCAL or previous in self.nodes:
             return previous
         live = [LOCAL, *sorted(self.nodes)]
-        load = {n: sum(1 for s in self.states if s.node == n and s.status != "failed")
+        load = {n: sum(1 for s in self.states if s.node == n and s.status != ShardStatus.FAILED)
                 for n in live}
         return min(live, key=lambda n: (load[n], n != LOCAL, n))
 
@@ -366,12 +366,12 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
         if index is None or self.closing:
             return
         state = self.states[index]
-        if state.status in ("down", "failed"):
+        if state.status.dead:
             return
         failures, exceeded = record_restart(state.failures, time.monotonic(),
                                             self.policy.max_restarts, self.policy.within_s)
         if exceeded:
-            self.states[index] = replace(state, status="failed", failures=failures,
+            self.states[index] = replace(state, status=ShardStatus.FAILED, failures=failures,
                                          reason=f"{reason}; restart intensity exceeded "
                                                 f"({self.policy.max_restarts} in "
                                                 f"{self.policy.within_s:g}s)")
@@ -379,17 +379,18 @@ class FleetSupervisor(Actor):  # type: ignore[misc]
                       offender=f"shard-{index}", action="escalate")
             return
         delay = backoff_delay(len(failures), self.policy, self.rng)
-        self.states[index] = replace(state, status="down", failures=failures, reason=reason)
+        self.states[index] = replace(state, status=ShardStatus.DOWN, failures=failures,
+                                     reason=reason)
         log.warning("shard_exited", supervisor="fleet", reason=reason, offender=f"shard-{index}",
                     action="restart", delay_s=round(delay, 3))
         self.wakeupAfter(max(delay, 0.001), payload=(index, state.generation))
 
     def _restart(self, index: int, generation: int) -> None:
         state = self.states[index]
-        if self.closing or state.generation != generation or state.status != "down":
+        if self.closing or state.generation != generation or state.status != ShardStatus.DOWN:
             return
         node = self._place(state.node)
         self.states[index] = replace(state, address=self._host_on(node), node=node,
-                                     generation=generation + 1, status="restarting",
+                                     generation=generation + 1, status=ShardStatus.RESTARTING,
                                      restarts=state.restarts + 1)
         self.last_pong[index] = time.monotonic()

@@ -8,9 +8,10 @@ lightweight asset actors); the fleet supervisor is the Thespian actor that creat
 hosts and, on the multi-process bases, watches them (``ChildActorExited``) and restarts them
 with backoff and a restart intensity.
 
-Calls are ``ShardCall(call_id, method, args)`` answered by ``ShardReply``. A shard host never
-lets an exception escape ``receiveMessage``: Thespian would retry the message (applying a batch
-twice) and then turn it into a ``PoisonMessage``; the error travels back in the reply instead.
+Calls are typed (:mod:`twin.runtime.calls`), sent as ``CallRequest`` and answered by
+``ShardReply``. A shard host never lets an exception escape ``receiveMessage``: Thespian
+would retry the message (applying a batch twice) and then turn it into a ``PoisonMessage``;
+the error travels back in the reply instead.
 
 Embedded (``simpleSystemBase``) calls are synchronous asks in the caller's thread. On the
 multi-process bases the facade *posts* every shard of a round its call (a send that never
@@ -26,17 +27,19 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from supervisors import SupervisionPolicy
 from twin.core.errors import ShardDown, TwinError
+from twin.core.states import ShardStatus
 from twin.hosting.host_actors import (
     LOCAL,
+    CallRequest,
+    Configure,
     FleetSupervisor,
-    ShardCall,
     ShardRecovered,
     ShardReply,
     ShardsStarted,
@@ -47,6 +50,7 @@ from twin.hosting.host_actors import (
 from twin.hosting.lifeline import NODE_CAPABILITY
 from twin.hosting.listen import LOOPBACK, listen_on
 from twin.hosting.shard_watch import ShardWatch, post
+from twin.runtime.calls import ShardCall
 from twin.runtime.shard import ShardConfig
 
 log = structlog.get_logger("twin.hosting")
@@ -56,6 +60,8 @@ MULTIPROC_BASES = ("multiprocTCPBase", "multiprocQueueBase", "multiprocUDPBase")
 
 # The longest a waiting facade listens before it looks at the shard watch again.
 _LIVENESS_CHECK_S = 0.05
+
+T = TypeVar("T")
 
 
 class ShardClient:
@@ -68,8 +74,10 @@ class ShardClient:
     def configure(self, config: ShardConfig) -> None:
         self._hosting.configure(self.index, config)
 
-    def call(self, method: str, *args: Any) -> Any:
-        return self._hosting.call_many([(self.index, method, args)])[0]
+    def call(self, call: ShardCall[T]) -> T:
+        """Run ``call`` on this shard and return its value (typed by the call's class)."""
+        value: T = self._hosting.call_many([(self.index, call)])[0]
+        return value
 
 
 class Hosting:
@@ -136,28 +144,32 @@ class Hosting:
     # -- calls ----------------------------------------------------------------------------
 
     def configure(self, index: int, config: ShardConfig) -> None:
-        self.pids[index] = self.call_many([(index, "configure", (config,))])[0]
+        self.pids[index] = self._run([(index, Configure(config))], False)[0]
 
-    def call_many(self, calls: Sequence[tuple[int, str, tuple[Any, ...]]],
+    def call_many(self, calls: Sequence[tuple[int, ShardCall[Any]]],
                   return_errors: bool = False) -> list[Any]:
-        """Run ``(shard index, method, args)`` calls, in parallel on the multi-process bases;
+        """Run ``(shard index, call)`` pairs, in parallel on the multi-process bases;
         returns their values in order. An error (:class:`ShardDown` if a shard died) is
         raised, the first one, or with ``return_errors`` put in the list in its call's place.
         """
+        return self._run(calls, return_errors)
+
+    def _run(self, calls: Sequence[tuple[int, ShardCall[Any] | Configure]],
+             return_errors: bool) -> list[Any]:
         messages = []
-        for index, method, args in calls:
+        for index, call in calls:
             self._next_id += 1
-            messages.append((index, ShardCall(self._next_id, method, args)))
+            messages.append((index, CallRequest(self._next_id, call)))
         replies = (self._ask_each(messages) if self.embedded else self._exchange(messages))
         values = []
-        for _, call in messages:
-            reply = replies[call.call_id]
+        for _, request in messages:
+            reply = replies[request.call_id]
             if reply.error is not None and not return_errors:
                 raise reply.error
             values.append(reply.value if reply.error is None else reply.error)
         return values
 
-    def _ask_each(self, messages: list[tuple[int, ShardCall]]) -> dict[int, ShardReply]:
+    def _ask_each(self, messages: list[tuple[int, CallRequest]]) -> dict[int, ShardReply]:
         replies = {}
         for index, call in messages:
             reply = self.system.ask(self.addresses[index], call, self.timeout_s)
@@ -171,12 +183,12 @@ class Hosting:
             raise TwinError(f"shard {index} answered {reply!r}")
         return reply
 
-    def _exchange(self, messages: list[tuple[int, ShardCall]]) -> dict[int, ShardReply]:
+    def _exchange(self, messages: list[tuple[int, CallRequest]]) -> dict[int, ShardReply]:
         waiting = {call.call_id: index for index, call in messages}
         calls = {call.call_id: call for _, call in messages}
         refused: set[int] = set()              # calls whose send failed
 
-        def send(call: ShardCall) -> None:
+        def send(call: CallRequest) -> None:
             def failed(_status: str) -> None:
                 refused.add(call.call_id)
             post(self.system, self.addresses[waiting[call.call_id]], call, self.timeout_s,
@@ -222,7 +234,7 @@ class Hosting:
         if state.generation < self.generations[index]:
             return None                # heard before this host was adopted: says nothing
         # "restarting" is alive: the facade is refilling that very host
-        if (state.status not in ("running", "restarting") or
+        if (not state.status.alive or
                 state.generation != self.generations[index]):
             return ShardDown(index, state.status, state.reason)
         return None
@@ -232,7 +244,7 @@ class Hosting:
     def status(self) -> tuple[ShardState, ...]:
         """Every shard's state as the supervisor sees it now (embedded shards are always up)."""
         if self.watch is None:
-            return tuple(ShardState(i, addr, self.generations[i], "running")
+            return tuple(ShardState(i, addr, self.generations[i], ShardStatus.RUNNING)
                          for i, addr in enumerate(self.addresses))
         return self.watch.poll()
 

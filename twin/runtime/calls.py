@@ -182,7 +182,7 @@ class ImportAsset(ShardCall[ShardOutput]):
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot(ShardCall[dict[str, Any]]):
+class TakeSnapshot(ShardCall[dict[str, Any]]):
     def run(self, shard: Shard) -> dict[str, Any]:
         return shard.snapshot()
 
