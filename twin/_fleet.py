@@ -576,9 +576,11 @@ class Fleet(Recovery, Failover):
                 out.update(self._counters)
                 out["transitions_by_state"] = dict(self._transition_counts)
                 by_state: dict[str, int] = {}
+                # keyed by state name: a roll-up's `reporting` counts the assets `online`
                 for rollup in self._tree.top_level():
-                    for name in ("reporting", "offline", "unknown", "quarantined"):
-                        by_state[name] = by_state.get(name, 0) + getattr(rollup, name)
+                    for state, field in (("online", "reporting"), ("offline", "offline"),
+                                         ("unknown", "unknown"), ("quarantined", "quarantined")):
+                        by_state[state] = by_state.get(state, 0) + getattr(rollup, field)
                 out["subscriptions"] = sum(len(v) for v in self._subs.values())
             for key in ("failures", "restarts", "quarantines", "escalations"):
                 out[f"supervisor_{key}"] = sum(s[key] for s in shards)
