@@ -81,13 +81,13 @@ def throughput(assets: int, batches: int, store: str | None) -> dict[str, Any]:
             fleet.ingest(devices.batch(clock.now()))
         fleet.flush()
         before = fleet.metrics()
-        persist = fleet._persist
+        persist = fleet._core.persist         # the stages of one batch, timed from outside
         if persist is not None:
             stages.wrap(persist.store.writer, "wait_for_room", "wait for room")
             stages.wrap(persist.store, "append", "log append (commit, fsync)")
             stages.wrap(persist, "derived", "send to the writer")
-        stages.wrap(fleet, "_decode", "decode")
-        stages.wrap(fleet, "_run_batch", "shards (classify, apply)")
+        stages.wrap(fleet._ingest, "_decode", "decode")
+        stages.wrap(fleet._ingest, "run_batch", "shards (classify, apply)")
         stages.wrap(fleet, "advance", "advance (timers)")
         busy = 0.0
         for _ in range(batches):

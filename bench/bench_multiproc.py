@@ -125,7 +125,7 @@ def recovery(assets: int, batches: int) -> dict[str, Any]:
                 break
             time.sleep(0.005)
         whole_s = time.perf_counter() - killed
-        refill_s = fleet._last_recovery_s
+        refill_s = fleet._recovery.last_recovery_s
         replayed = fleet.metrics()["replayed_batches"]
         fleet.close()
     return {"assets": assets, "noticed_s": noticed, "whole_s": whole_s, "refill_s": refill_s,

@@ -4,9 +4,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from pg_private import PrivatePostgres, private_postgres_or_skip
+from pytest_aiohttp.plugin import AiohttpClient
 
 from twin import Fleet, FleetModel, VirtualClock
+from twin.web import create_app
 
 START = 1767225600.0   # 2026-01-01T00:00:00Z
 
@@ -40,6 +43,19 @@ def example_dict() -> dict[str, Any]:
 @pytest.fixture
 def model(example_dict: dict[str, Any]) -> FleetModel:
     return FleetModel.from_dict(example_dict)
+
+
+@pytest.fixture
+def web_fleet(model: FleetModel, clock: VirtualClock) -> Iterator[Fleet]:
+    """The example fleet, embedded, for the live view's and HTTP API's tests."""
+    with Fleet(model, clock=clock) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient, web_fleet: Fleet) -> TestClient:
+    """An HTTP client of the live view's app over ``web_fleet`` (no token: loopback)."""
+    return await aiohttp_client(create_app(web_fleet, tick_s=0.05))
 
 
 @pytest.fixture(params=[1, 2], ids=["1-shard", "2-shards"])

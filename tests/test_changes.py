@@ -106,7 +106,7 @@ def test_decommissioning_a_direct_group_member_shrinks_the_group(fleet: Fleet) -
 
 def test_a_moved_asset_keeps_its_state_and_power_in_its_new_site(
         fleet: Fleet, clock: VirtualClock) -> None:
-    shard_of = fleet._site_shard     # with 2 shards this move crosses shards: check it does
+    shard_of = fleet.placement     # with 2 shards this move crosses shards: check it does
     assert len({shard_of["alpha"], shard_of["gamma"]}) == fleet.metrics()["shards"]
     power(fleet, clock, "t-01", 2100.0)
     fleet.apply(MoveAsset("t-01", "gamma"))

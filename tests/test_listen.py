@@ -53,7 +53,7 @@ def test_a_one_machine_fleet_on_processes_accepts_nothing_from_off_the_machine()
         admin = actor_system_processes([s["pid"] for s in fleet.shards()])
         sockets = {pid: listening(pid) for pid in admin | {os.getpid()}}
         ports = {port for found in sockets.values() for _, port in found}
-        assert fleet._hosting.admin_port in ports
+        assert fleet._core.hosting.admin_port in ports
         assert len(ports) >= 5             # ours, admin, logger, supervisor, 2 shard hosts
         exposed = {pid: found for pid, found in sockets.items()
                    if any(address != LOOPBACK for address, _ in found)}

@@ -84,7 +84,7 @@ def batch(fleet: Fleet, power: float) -> list[Sample]:
 
 
 def assets_on(fleet: Fleet, index: int) -> set[str]:
-    return {a for a, spec in fleet.model.assets.items() if fleet._site_shard[spec.site] == index}
+    return {a for a, spec in fleet.model.assets.items() if fleet.placement[spec.site] == index}
 
 
 def test_a_killed_shard_is_restarted_and_every_acknowledged_sample_is_reflected(

@@ -75,7 +75,7 @@ def test_a_send_over_a_connection_a_killed_shard_reset_fails_at_once_not_after_3
     fleet = small_fleet
     samples = [Sample(a, START, {"power_kw": 0.01}) for a in sorted(fleet.model.assets)]
     fleet.ingest(samples)                  # the fleet's connections to its shards are open
-    hosting = fleet._hosting
+    hosting = fleet._core.hosting
     address = hosting.addresses[0]
     pid = fleet.shards()[0]["pid"]
     assert isinstance(pid, int)
@@ -91,7 +91,7 @@ def test_a_send_over_a_connection_a_killed_shard_reset_fails_at_once_not_after_3
 
     outcome: list[str] = []
     started = time.monotonic()
-    with fleet._lock:                      # the fleet's endpoint is ours while we hold it
+    with fleet._core.lock:                      # the fleet's endpoint is ours while we hold it
         post(hosting.system, address, "are you there", 60.0, outcome.append)
         while not outcome and time.monotonic() - started < 60:
             hosting.system.listen(0.05)
@@ -102,7 +102,7 @@ def test_a_send_over_a_connection_a_killed_shard_reset_fails_at_once_not_after_3
     started = time.monotonic()
     report = fleet.ingest([Sample(s.asset_id, START + 1, s.signals) for s in samples])
     assert time.monotonic() - started < 2.0
-    on_dead = {a for a, spec in fleet.model.assets.items() if fleet._site_shard[spec.site] == 0}
+    on_dead = {a for a, spec in fleet.model.assets.items() if fleet.placement[spec.site] == 0}
     assert report.rejected == len(on_dead) and report.accepted == len(samples) - len(on_dead)
     assert all("shard holding this asset is down" in e.reason for e in report.errors)
 

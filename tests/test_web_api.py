@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 
 import msgpack
-import pytest
 from aiohttp.test_utils import TestClient
-from pytest_aiohttp.plugin import AiohttpClient
 
-from twin import Fleet, FleetModel, Rollup, Sample, VirtualClock
-from twin.web import create_app
+from twin import Fleet, Rollup, Sample, VirtualClock
 from twin.web.server import STATE
 from twin.wire import pack_batch
-
-
-@pytest.fixture
-def web_fleet(model: FleetModel, clock: VirtualClock) -> Iterator[Fleet]:
-    with Fleet(model, clock=clock) as running:
-        yield running
-
-
-@pytest.fixture
-async def client(aiohttp_client: AiohttpClient, web_fleet: Fleet) -> TestClient:
-    return await aiohttp_client(create_app(web_fleet, tick_s=0.05))
 
 
 async def test_rollup_counts_expected_assets_and_names_the_missing(

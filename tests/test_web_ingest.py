@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -24,17 +23,6 @@ from twin.wire import pack_batch
 MSGPACK = {"Content-Type": "application/msgpack"}
 OUTCOMES = ("accepted", "duplicate", "late", "future", "stale", "anomalous", "rejected",
             "deferred", "quarantined")
-
-
-@pytest.fixture
-def web_fleet(model: FleetModel, clock: VirtualClock) -> Iterator[Fleet]:
-    with Fleet(model, clock=clock) as running:
-        yield running
-
-
-@pytest.fixture
-async def client(aiohttp_client: AiohttpClient, web_fleet: Fleet) -> TestClient:
-    return await aiohttp_client(create_app(web_fleet, tick_s=0.05))
 
 
 def f64(value: float) -> bytes:

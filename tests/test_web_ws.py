@@ -4,7 +4,7 @@ asset drill-down, transitions, and clear errors for bad messages."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,18 +12,12 @@ from aiohttp import ClientWebSocketResponse
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp.plugin import AiohttpClient
 
-from twin import Fleet, FleetModel, Sample, VirtualClock
+from twin import Fleet, Sample, VirtualClock
 from twin.web import create_app
 from twin.web.server import STATE
 
 ALPHA = "acme/north/alpha"
 BETA = "acme/south/beta"
-
-
-@pytest.fixture
-def web_fleet(model: FleetModel, clock: VirtualClock) -> Iterator[Fleet]:
-    with Fleet(model, clock=clock) as running:
-        yield running
 
 
 @pytest.fixture

@@ -25,7 +25,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("AssetUnavailable", "FleetClosed", "IngestError", "InvalidCommand",
                      "ModelError", "ShardDown", "TwinError", "UnknownAsset", "UnknownPath"),
                     "twin.core.errors"),
-    **dict.fromkeys(("Fleet", "PendingChange", "Subscription"), "twin._fleet"),
+    "Fleet": "twin.fleet.facade",
+    "PendingChange": "twin.fleet.changes",
+    "Subscription": "twin.fleet.subscriptions",
     **dict.fromkeys(("AssetKind", "Battery", "Charger", "KindRegistry", "Signal", "Turbine",
                      "default_kinds", "register_kind"), "twin.core.kinds"),
     **dict.fromkeys(("AssetSpec", "Defaults", "FleetModel"), "twin.core.model"),
@@ -104,7 +106,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, imported eagerly
     from supervisors import OnExhausted, Strategy, SupervisionPolicy
-    from twin._fleet import Fleet, PendingChange, Subscription
     from twin.core.changes import (
         AddAsset,
         AddOwner,
@@ -143,4 +144,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, importe
     from twin.core.samples import OUTCOMES, IngestReport, Sample, SampleError
     from twin.core.states import Transition
     from twin.core.views import AssetView, CommandReceipt
+    from twin.fleet.changes import PendingChange
+    from twin.fleet.facade import Fleet
+    from twin.fleet.subscriptions import Subscription
     from twin.store.store import Store, StoreBusy, StoreUnavailable

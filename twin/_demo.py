@@ -6,11 +6,11 @@ import math
 import random
 from typing import Any, TextIO
 
-from twin._fleet import Fleet
 from twin.core.clock import VirtualClock
 from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
 from twin.core.samples import Sample
+from twin.fleet.facade import Fleet
 from twin.fleetgen import KINDS, generate_fleet
 
 START = 1767225600.0   # 2026-01-01T00:00:00Z

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
-from twin._fleet import Fleet
 from twin.core.rollup import Rollup
 from twin.core.samples import IngestReport, Sample
 from twin.core.views import AssetView, CommandReceipt
+from twin.fleet.facade import Fleet
 
 T = TypeVar("T")
 

@@ -17,8 +17,8 @@ from twin.core.clock import VirtualClock
 from twin.fleetgen import grid_fleet as fleet_dict
 
 if TYPE_CHECKING:
-    from twin._fleet import Fleet
     from twin.core.model import FleetModel
+    from twin.fleet.facade import Fleet
 
 __all__ = ["VirtualClock", "assert_consistent", "capture_logs", "fleet_dict", "members",
            "recount"]

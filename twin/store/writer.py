@@ -22,13 +22,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import IO, Any, Final
 
 import msgpack
 import structlog
 
+from supervisors import record_restart
 from twin.core.errors import TwinError
 from twin.store.writer_process import BATCH, CLOSE, FLUSH, HEADER, ROWS
 
@@ -73,7 +73,7 @@ class Writer:
         self._config = config
         self._max_restarts = max_restarts
         self._restart_window_s = restart_window_s
-        self._restarted_at: deque[float] = deque()
+        self._restarted_at: tuple[float, ...] = ()       # recent failure times
         self._cond = threading.Condition()     # guards the counters, _acked and _unacked
         self._send_lock = threading.Lock()     # one writer of frames; guards _proc, _sent
         self._sent = 0                         # sequence number of the newest message sent
@@ -162,18 +162,18 @@ class Writer:
     def _died(self, code: int) -> None:
         reason = f"the store's writer process exited with code {code}"
         with self._send_lock:              # one restart at a time
-            now = time.monotonic()
-            while self._restarted_at and self._restarted_at[0] < now - self._restart_window_s:
-                self._restarted_at.popleft()
-            if len(self._restarted_at) >= self._max_restarts:
-                log.error("store_writer_failed", reason=reason, restarts=len(self._restarted_at))
+            # the same restart intensity as every supervisor: at most max_restarts in the window
+            self._restarted_at, exceeded = record_restart(
+                self._restarted_at, time.monotonic(), self._max_restarts, self._restart_window_s)
+            if exceeded:
+                restarts = len(self._restarted_at) - 1
+                log.error("store_writer_failed", reason=reason, restarts=restarts)
                 with self._cond:
-                    self._failure = (f"{reason}, after {len(self._restarted_at)} restarts "
-                                     f"within {self._restart_window_s:g} s; derived rows are "
-                                     f"not written")
+                    self._failure = (f"{reason}, after {restarts} restarts within "
+                                     f"{self._restart_window_s:g} s; derived rows are not "
+                                     "written")
                     self._cond.notify_all()
                 return
-            self._restarted_at.append(now)
             with self._cond:
                 in_flight = len(self._unacked)
             log.error("store_writer_restarted", reason=reason, resent_batches=in_flight)

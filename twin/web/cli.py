@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from twin._fleet import Fleet
 from twin.core.model import FleetModel
+from twin.fleet.facade import Fleet
 from twin.web.auth import AuthConfigError, check_token
 from twin.web.server import LiveServer
 

@@ -31,11 +31,12 @@ from typing import Any, TypeVar
 
 import structlog
 
-from twin._fleet import Fleet, Subscription
 from twin.core.errors import FleetClosed, TwinError
 from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
 from twin.core.states import Transition
+from twin.fleet.facade import Fleet
+from twin.fleet.subscriptions import Subscription
 from twin.web.history import History
 
 log = structlog.get_logger("twin.web")

@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from twin._fleet import Fleet
 from twin.core.errors import FleetClosed, IngestError, UnknownAsset, UnknownPath
 from twin.core.samples import IngestReport, brief
+from twin.fleet.facade import Fleet
 from twin.store.store import StoreBusy, StoreUnavailable
 from twin.web.auth import (
     WS_PROTOCOL,

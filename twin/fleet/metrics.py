@@ -1,8 +1,9 @@
-"""Prometheus exposition of a fleet's counters (``prometheus_client``).
+"""A fleet's metrics: ``Fleet.metrics()`` and their Prometheus exposition.
 
-The fleet keeps its counters as plain integers (``Fleet.metrics()``); a collector turns them
-into metric families at scrape time, so there is one source of truth and nothing to keep in
-sync. Labels are low-cardinality only (outcome, state): never an asset id.
+The fleet keeps its counters as plain integers; :func:`fleet_metrics` reads them with the
+shards' own counts, and a collector (``prometheus_client``) turns them into metric families at
+scrape time, so there is one source of truth and nothing to keep in sync. Labels are
+low-cardinality only (outcome, state): never an asset id.
 """
 
 from __future__ import annotations
@@ -15,6 +16,43 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from twin.core.samples import OUTCOMES
+from twin.fleet.core import FleetCore
+from twin.runtime.calls import Metrics
+
+
+def fleet_metrics(core: FleetCore, pending_changes: int, subscriptions: int) -> dict[str, Any]:
+    """Every counter of the fleet and of its shards (under the fleet lock)."""
+    shards = [m for _, m in core.call_up([(i, Metrics()) for i in core.up()])]
+    out: dict[str, Any] = {}
+    with core.view_lock:
+        out.update(core.counters)
+        out["transitions_by_state"] = dict(core.transition_counts)
+        by_state: dict[str, int] = {}
+        # keyed by state name: a roll-up's `reporting` counts the assets `online`
+        for rollup in core.tree.top_level():
+            for state, field in (("online", "reporting"), ("offline", "offline"),
+                                 ("unknown", "unknown"), ("quarantined", "quarantined")):
+                by_state[state] = by_state.get(state, 0) + getattr(rollup, field)
+    for key in ("failures", "restarts", "quarantines", "escalations"):
+        out[f"supervisor_{key}"] = sum(s[key] for s in shards)
+    out["assets"] = sum(s["assets"] for s in shards)
+    out["assets_by_state"] = by_state
+    if core.persist is not None:
+        writer = core.persist.store.writer
+        out.update(store_queue_depth=writer.depth, store_rows_written=writer.written_rows,
+                   store_write_retries=writer.retries, store_writes=writer.writes,
+                   store_rows_failed=writer.failed_rows,
+                   store_write_seconds=writer.write_seconds,
+                   store_writer_restarts=writer.restarts,
+                   store_log_offset=core.persist.last_offset)
+    out["liveness_timer_arms"] = sum(s["wheel_arms"] for s in shards)
+    out["shards"] = len(core.shards)
+    out["shards_down"] = len(core.down)
+    out["shard_restarts"] = sum(s.restarts for s in core.shard_states)
+    out["subscriptions"] = subscriptions
+    out["pending_changes"] = pending_changes
+    out["model_version"] = core.model.version
+    return out
 
 
 class FleetCollector(Collector):
