@@ -9,9 +9,9 @@ asyncio code: see :mod:`twin.aio`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from supervisors import SupervisionPolicy
 from twin.core.changes import Change, ModelVersion
@@ -34,6 +34,8 @@ from twin.hosting.system import EMBEDDED_BASE, Hosting
 from twin.runtime.shard import ShardConfig
 from twin.store.persistence import Persistence
 from twin.store.store import Store, open_store
+
+T = TypeVar("T")
 
 
 class Fleet:
@@ -139,18 +141,11 @@ class Fleet:
 
     def advance(self, seconds: float) -> float:
         """Move a ``VirtualClock`` forward and run every timer now due; returns the time."""
-        with self._core.lock:
-            self._core.check_open()
-            target = self._timers.advance(seconds)
-        self._subscriptions.deliver()
-        return target
+        return self._locked(lambda: self._timers.advance(seconds))
 
     def tick(self) -> None:
         """Run every timer due at the clock's current time (the ticker thread calls this)."""
-        with self._core.lock:
-            self._core.check_open()
-            self._timers.tick_at(self.clock.now())
-        self._subscriptions.deliver()
+        self._locked(lambda: self._timers.tick_at(self.clock.now()))
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -172,9 +167,7 @@ class Fleet:
     def asset(self, asset_id: str) -> AssetView:
         """The asset's three views (expected, desired, reported), state and data quality;
         :class:`ShardDown` while the process holding it is down."""
-        with self._core.lock:
-            self._core.check_open()
-            return self._core.asset_view(asset_id)
+        return self._locked(lambda: self._core.asset_view(asset_id))
 
     def transitions(self, limit: int | None = None) -> list[Transition]:
         """Recent state transitions, oldest first."""
@@ -193,10 +186,8 @@ class Fleet:
         return MappingProxyType(self._core.placement.site_shard)
 
     def metrics(self) -> dict[str, Any]:
-        with self._core.lock:
-            self._core.check_open()
-            return fleet_metrics(self._core, len(self._changes.pending),
-                                 len(self._subscriptions))
+        return self._locked(lambda: fleet_metrics(self._core, len(self._changes.pending),
+                                                  len(self._subscriptions)))
 
     def metrics_text(self) -> bytes:
         """The counters in Prometheus text format (``twin_samples_total{outcome="late"}``)."""
@@ -207,9 +198,7 @@ class Fleet:
     def shards(self) -> list[dict[str, Any]]:
         """Every shard host: ``status`` (running, down, recovering, failed), its process id,
         generation (restarts so far), sites and assets, and why it is down if it is."""
-        with self._core.lock:
-            self._core.check_open()
-            return self._failover.shards()
+        return self._locked(self._failover.shards)
 
     def wait_for_shards(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """Block until no shard is down or recovering (each is running, or failed for good),
@@ -222,25 +211,15 @@ class Fleet:
     def command(self, asset_id: str, payload: Mapping[str, Any]) -> CommandReceipt:
         """Send a command to an asset; refused with :class:`AssetUnavailable` unless online,
         :class:`InvalidCommand` if its kind does not take it."""
-        with self._core.lock:
-            self._core.check_open()
-            receipt = self._commands.send(asset_id, payload)
-        self._subscriptions.deliver()
-        return receipt()
+        return self._locked(lambda: self._commands.send(asset_id, payload))()
 
     def inject_fault(self, asset_id: str, reason: str = "injected fault") -> None:
         """Make the asset's actor raise inside its handler (chaos testing of supervision)."""
-        with self._core.lock:
-            self._core.check_open()
-            self._commands.inject_fault(asset_id, reason)
-        self._subscriptions.deliver()
+        self._locked(lambda: self._commands.inject_fault(asset_id, reason))
 
     def release(self, asset_id: str) -> None:
         """Let a quarantined asset run again (it is ``unknown`` until it reports)."""
-        with self._core.lock:
-            self._core.check_open()
-            self._commands.release(asset_id)
-        self._subscriptions.deliver()
+        self._locked(lambda: self._commands.release(asset_id))
 
     # -- model changes ----------------------------------------------------------------------
 
@@ -252,11 +231,7 @@ class Fleet:
         returns) and is recorded in the model's history at that time; a future one is
         scheduled and applied when the clock gets there.
         """
-        with self._core.lock:
-            self._core.check_open()
-            outcome = self._changes.apply(change, effective)
-        self._subscriptions.deliver()
-        return outcome
+        return self._locked(lambda: self._changes.apply(change, effective))
 
     def pending_changes(self) -> list[PendingChange]:
         with self._core.lock:
@@ -284,6 +259,15 @@ class Fleet:
         return self._snapshots.take()
 
     # -- lifecycle --------------------------------------------------------------------------
+
+    def _locked(self, work: Callable[[], T]) -> T:
+        """Run ``work`` under the fleet lock, then deliver the roll-ups it changed (callbacks
+        run with no lock of the fleet held: a callback may call the fleet)."""
+        with self._core.lock:
+            self._core.check_open()
+            result = work()
+        self._subscriptions.deliver()
+        return result
 
     @property
     def closed(self) -> bool:
