@@ -17,7 +17,7 @@ from pytest_aiohttp.plugin import AiohttpClient
 from twin import Fleet, FleetModel, IngestReport, VirtualClock
 from twin.testing import capture_logs
 from twin.web import create_app
-from twin.web.server import report_body
+from twin.web.messages import report_body
 from twin.wire import pack_batch
 
 MSGPACK = {"Content-Type": "application/msgpack"}

@@ -5,6 +5,10 @@ when it moves to another region or owner. Paths are ``owner``, ``owner/region`` 
 ``owner/region/site``. The model is versioned in time: :mod:`twin.core.changes` records every
 change with its effective time and what is needed to undo it, so any past version can be
 rebuilt (:meth:`FleetModel.at`).
+
+One module on purpose, a little over the few hundred lines modules keep to: the hierarchy's
+indexes (owners, sites, assets, retired, groups) and the parsing that fills them keep one set
+of invariants, which a split would leave for two files to agree on.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ See ``docs/live-view.md`` for the endpoints, the websocket protocol and authenti
 """
 
 from twin.web.auth import AuthConfigError, FailureLimiter
+from twin.web.coalesce import Coalescer
 from twin.web.history import History, Point
-from twin.web.live import Coalescer, LiveHub
+from twin.web.live import LiveHub
 from twin.web.server import LiveServer, create_app
 
 __all__ = ["AuthConfigError", "Coalescer", "FailureLimiter", "History", "LiveHub", "LiveServer",

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -32,87 +29,19 @@ from typing import Any, TypeVar
 import structlog
 
 from twin.core.errors import FleetClosed, TwinError
-from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
 from twin.core.states import Transition
 from twin.fleet.facade import Fleet
 from twin.fleet.subscriptions import Subscription
+from twin.web.coalesce import Coalescer
 from twin.web.history import History
+from twin.web.messages import asset_views, encode, rollup_dict, tree_nodes
 
 log = structlog.get_logger("twin.web")
 
 T = TypeVar("T")
-Flush = Callable[[list[tuple[str, Any]]], Awaitable[None]]
 
 MAX_PATHS_PER_CLIENT = 5000
-_GONE = object()
-
-
-class Coalescer:
-    """Latest-value slots, one per key, flushed at most once per ``min_interval_s`` each.
-
-    ``put`` replaces a slot's value (counted in ``superseded``); ``run`` is the flushing task:
-    it hands every due ``(key, value)`` to ``flush`` in one call. Memory is one value per key,
-    whatever the rate of ``put`` or the speed of ``flush``.
-    """
-
-    def __init__(self, flush: Flush, min_interval_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if not min_interval_s >= 0:
-            raise ValueError(f"min_interval_s must be >= 0, got {min_interval_s!r}")
-        self._flush = flush
-        self.min_interval_s = min_interval_s
-        self._clock = clock
-        self._slots: dict[str, Any] = {}
-        self._last: dict[str, float] = {}
-        self._wake = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self.flushed = 0
-        self.superseded = 0
-
-    @property
-    def pending(self) -> int:
-        return len(self._slots)
-
-    def put(self, key: str, value: Any) -> None:
-        if key in self._slots:
-            self.superseded += 1
-        self._slots[key] = value
-        self._wake.set()
-
-    def discard(self, key: str) -> None:
-        self._slots.pop(key, None)
-        self._last.pop(key, None)
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                now = self._clock()
-                due = [k for k in self._slots
-                       if now - self._last.get(k, -math.inf) >= self.min_interval_s]
-                batch: list[tuple[str, Any]] = []
-                for key in due:
-                    value = self._slots.pop(key, _GONE)
-                    if value is not _GONE:       # else discarded while a flush awaited
-                        self._last[key] = now
-                        batch.append((key, value))
-                if batch:
-                    # one flush (one websocket frame) for everything due: a syscall per
-                    # message would make the loop queue for the GIL behind a busy fleet
-                    await self._flush(batch)
-                    self.flushed += len(batch)
-                if self._slots:
-                    soonest = min(self._last.get(k, -math.inf) for k in self._slots)
-                    wait = soonest + self.min_interval_s - self._clock()
-                    if self._timer is not None:
-                        self._timer.cancel()
-                    self._timer = loop.call_later(max(wait, 0.0), self._wake.set)
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
 
 
 class LiveClient:
@@ -410,52 +339,9 @@ class LiveHub:
             self.ready, self.not_ready_reason = True, ""
 
 
-def encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
-
-
 def _cancel_all(subs: list[Subscription]) -> None:
     for sub in subs:
         sub.cancel()
-
-
-def rollup_dict(rollup: Rollup, missing_shown: int) -> dict[str, Any]:
-    """A roll-up as JSON, its missing list cut to ``missing_shown`` ids (the count stays)."""
-    out = rollup.to_dict(with_missing=False)
-    missing = rollup.missing
-    out["missing"] = list(missing[:missing_shown])
-    out["missing_count"] = len(missing)
-    return out
-
-
-def asset_views(fleet: Fleet, site_path: str) -> list[dict[str, Any]]:
-    """Every asset of a site as JSON (blocking: run it on the pool)."""
-    site = fleet.model.site(site_path)
-    return [jsonable(fleet.asset(asset_id).to_dict()) for asset_id in list(site.assets)]
-
-
-def tree_nodes(model: FleetModel, rollups: dict[str, Rollup]) -> list[dict[str, Any]]:
-    """The hierarchy (parents first) and the extra groups, as the page draws them."""
-    nodes: list[dict[str, Any]] = []
-    for path in model.node_paths():
-        parent, _, name = path.rpartition("/")
-        level = rollups[path].level if path in rollups else ("owner", "region", "site")[
-            path.count("/")]
-        nodes.append({"path": path, "name": name, "level": level, "parent": parent or None})
-    for name in sorted(model.groups):
-        nodes.append({"path": name, "name": name, "level": "group", "parent": None})
-    return nodes
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with non-finite floats as ``None`` (browsers cannot parse NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
 
 
 def _paths(message: dict[str, Any]) -> list[str]:

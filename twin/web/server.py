@@ -10,25 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from twin.core.errors import FleetClosed, IngestError, UnknownAsset, UnknownPath
-from twin.core.samples import IngestReport, brief
+from twin.core.samples import brief
 from twin.fleet.facade import Fleet
 from twin.store.store import StoreBusy, StoreUnavailable
 from twin.web.auth import (
@@ -39,7 +35,9 @@ from twin.web.auth import (
     token_matches,
 )
 from twin.web.history import History
-from twin.web.live import LiveHub, jsonable
+from twin.web.live import LiveHub
+from twin.web.messages import jsonable, report_body
+from twin.web.metrics import WebCollector
 from twin.wire import MAX_BATCH_BYTES
 
 log = structlog.get_logger("twin.web")
@@ -246,33 +244,6 @@ def _refused(request: web.Request, status: int, message: str, *, retry_after: in
     return _error(status, message, headers=headers)
 
 
-def report_body(report: IngestReport) -> bytes:
-    """The ingest report as JSON. Never raises: should an error entry not render, the counts
-    (plain ints) are sent without the entries, which say so."""
-    counts = {"total": report.total, **report.counts()}
-    try:
-        errors = [{"index": e.index, "asset_id": _plain(e.asset_id), "field": _plain(e.field),
-                   "value": _plain(e.value), "reason": _plain(e.reason, 400),
-                   "message": _plain(str(e), 1000)} for e in report.errors]
-        return json.dumps({**counts, "errors": errors}).encode()
-    except Exception as error:
-        log.error("ingest_report_unrendered", reason=brief(error, 200))
-        return json.dumps({**counts, "errors": [], "errors_unrendered": len(report.errors)}
-                          ).encode()
-
-
-def _plain(value: Any, limit: int = 200) -> Any:
-    """A JSON-safe form of a rejected sample's value (a bounded repr if it is not plain)."""
-    if value is None or isinstance(value, bool) or (type(value) is int and
-                                                    value.bit_length() <= 64):
-        return value
-    if type(value) is str and len(value) <= limit:
-        return value
-    if type(value) is float and math.isfinite(value):
-        return value
-    return brief(value, limit)
-
-
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -280,40 +251,10 @@ async def _metrics(request: web.Request) -> web.Response:
     except FleetClosed as error:
         return _error(503, str(error))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_WebCollector(state))
+    registry.register(WebCollector(state))
     return web.Response(body=fleet_text + generate_latest(registry),
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
-
-
-class _WebCollector(Collector):
-    """The live view's own counters, next to the fleet's."""
-
-    def __init__(self, state: WebState) -> None:
-        self.state = state
-
-    def collect(self) -> Iterator[Metric]:
-        state, hub = self.state, self.state.hub
-        sent = state.counters["ws_updates_sent"] + sum(c.slots.flushed for c in hub.clients)
-        superseded = (state.counters["ws_updates_superseded"]
-                      + sum(c.slots.superseded for c in hub.clients))
-        out_bytes = state.counters["ws_bytes_sent"] + sum(c.bytes_sent for c in hub.clients)
-        yield GaugeMetricFamily("twin_web_clients", "Websocket clients connected",
-                                value=len(hub.clients))
-        yield CounterMetricFamily("twin_web_connections", "Websocket connections accepted",
-                                  value=state.counters["ws_connections"])
-        yield CounterMetricFamily("twin_web_updates", "Messages pushed to websocket clients",
-                                  value=sent)
-        yield CounterMetricFamily("twin_web_updates_superseded",
-                                  "Updates replaced by a newer value before they were sent",
-                                  value=superseded)
-        yield CounterMetricFamily("twin_web_sent_bytes", "Bytes of JSON pushed to websockets",
-                                  value=out_bytes)
-        yield CounterMetricFamily("twin_web_auth_failures", "Requests refused for a missing or "
-                                  "wrong bearer token", value=state.counters["auth_failures"])
-        yield CounterMetricFamily("twin_web_auth_rate_limited", "Requests refused because "
-                                  "their address failed too often",
-                                  value=state.counters["auth_rate_limited"])
 
 
 # -- websocket ----------------------------------------------------------------------------
