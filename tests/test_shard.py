@@ -576,3 +576,16 @@ def test_replaying_logged_batches_rebuilds_what_ingesting_them_did(model: FleetM
     assert ("t1", "offline") in [(t.asset_id, t.new) for t in transitions]
     assert views(replayed) == views(live)
     assert rows_of(replayed) == rows_of(live)
+
+
+def test_a_replay_reports_every_leaf_it_changed_so_the_tree_needs_no_full_collect(
+        model: FleetModel) -> None:
+    batches = [(T0, [power("t1", 1.0, T0), power("b1", 3.0, T0)]),
+               (T0 + 60, [power("b1", 2.0, T0 + 60)])]
+    replayed = make_shard(model)
+    replayed.collect(full=True)                       # the first summaries, already sent
+    out = replayed.replay([(at, pack_rows(samples)) for at, samples in batches])
+    newest: dict[str, dict[str, tuple[int, ...]]] = {}
+    for summary in out.summaries:                     # oldest first: the newest one stays
+        newest[summary.key] = dict(summary.rows)
+    assert newest and all(rows_of(replayed)[key] == rows for key, rows in newest.items())

@@ -97,8 +97,7 @@ class Fleet:
         self._changes = ModelChanges(core)
         self._snapshots = Snapshots(core)
         self._ingest = IngestPath(core, self._changes, self._snapshots)
-        self._recovery = Recovery(core, self._changes.reapply, self._changes.schedule,
-                                  self._ingest.run_batch)
+        self._recovery = Recovery(core, self._changes.reapply, self._changes.schedule)
         self._failover = Failover(core, self._recovery)
         self._timers = Timers(core, self._changes, self._failover)
         self._subscriptions = Subscriptions(core)

@@ -11,31 +11,35 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
 
-from twin.core.changes import change_from_dict
+from twin.core.changes import Change, change_from_dict
 from twin.core.errors import ShardDown, TwinError
-from twin.core.samples import IngestReport, Sample
+from twin.core.samples import Sample
 from twin.core.states import ShardStatus
 from twin.fleet.core import FleetCore
 from twin.hosting.system import ShardClient
-from twin.runtime.calls import Replay, Restore, RestoreDesired, TakeSnapshot
+from twin.runtime.calls import Replay, Restore, RestoreDesired, ShardCall, TakeSnapshot
+from twin.runtime.shard import ShardOutput
 from twin.store.persistence import Persistence
-from twin.store.store import LogEntry, Snapshot, Store, StoreBusy, StoreUnavailable
+from twin.store.store import (
+    LogEntry,
+    Snapshot,
+    Store,
+    StoreBusy,
+    StoredVersion,
+    StoreUnavailable,
+)
 from twin.wire import pack_rows, unpack_batch
 
 log = structlog.get_logger("twin.fleet")
 
 _REPLAY_CHUNK = 64          # logged batches per replay call into a shard host
 
-# the ingest path's run_batch: (now, samples, their indices, report) → samples with outcomes
 Command = tuple[int, str, int, str]     # id, asset id, log offset, desired (JSON)
-RunBatch = Callable[[float, list[Sample], list[int] | None, IngestReport],
-                    list[tuple[list[Sample], bytes]]]
-
 
 class Snapshots:
     """Taking snapshots: captured under the fleet lock, written without it."""
@@ -92,12 +96,11 @@ class Snapshots:
 class Recovery:
     """Restore after a fleet restart, refill after a shard host restart."""
 
-    def __init__(self, core: FleetCore, reapply: Callable[[Any], None],
-                 schedule: Callable[..., None], run_batch: RunBatch) -> None:
+    def __init__(self, core: FleetCore, reapply: Callable[[StoredVersion], None],
+                 schedule: Callable[[float, Change, int | None], None]) -> None:
         self.core = core
         self._reapply = reapply
         self._schedule = schedule
-        self._run_batch = run_batch
         self.last_recovery_s: float | None = None
 
     def restore(self) -> None:
@@ -116,24 +119,7 @@ class Recovery:
                     self._reapply(versions.popleft())
             start, commands = self._load(store, snapshot, core.shards, lambda _: True)
             core.persist.last_offset = start
-            for entry in store.read_log(start):
-                # model changes, commands and batches in the order they happened
-                while versions and versions[0].log_offset < entry.offset:
-                    self._reapply(versions.popleft())
-                while commands and commands[0][2] < entry.offset:
-                    self._restore_command(commands.popleft())
-                core.tick_shards(entry.received_at)
-                decoded = unpack_batch(entry.payload)
-                parts = self._run_batch(entry.received_at, decoded.samples, decoded.indices,
-                                        IngestReport())
-                core.persist.derived(entry.offset, entry.received_at, parts, core.unsaved)
-                core.unsaved = []
-                core.counters["replayed_batches"] += 1
-                core.counters["replayed_samples"] += decoded.size
-            while versions:
-                self._reapply(versions.popleft())
-            while commands:
-                self._restore_command(commands.popleft())
+            self._replay(store.read_log(start), core.shards, versions, commands)
             for scheduled_id, effective, raw in store.scheduled_changes():
                 self._schedule(effective, change_from_dict(json.loads(raw)), scheduled_id)
             core.unsaved = []
@@ -153,26 +139,61 @@ class Recovery:
         store = core.persist.store
         applied = core.persist.last_offset
         model, placement, index = core.model, core.placement, shard.index
+        start, commands = self._load(store, store.latest_snapshot(), [shard],
+                                     lambda a: placement.shard_of(model, a) == index)
+        mine = deque(c for c in commands if placement.shard_of(model, c[1]) == index)
+        self._replay(_log_until(store, start, applied), [shard], deque(), mine)
 
-        def mine(asset_id: Any) -> bool:
-            return placement.shard_of(model, asset_id) == index
-
-        start, commands = self._load(store, store.latest_snapshot(), [shard], mine)
-        for command in commands:
-            if mine(command[1]):
-                self._restore_command(command)
-        chunk: list[tuple[float, bytes]] = []
-        meta: list[tuple[int, float, list[Sample]]] = []
-        for entry in _log_until(store, start, applied):
-            samples = [s for s in unpack_batch(entry.payload).samples if mine(s.asset_id)]
-            if samples:
-                chunk.append((entry.received_at, pack_rows(samples)))
-                meta.append((entry.offset, entry.received_at, samples))
+    def _replay(self, entries: Iterable[LogEntry], shards: list[ShardClient],
+                versions: deque[StoredVersion], commands: deque[Command]) -> None:
+        """Replay logged batches into ``shards`` (each gets its own assets' samples, in
+        chunks, ticking to each batch's arrival first: ``Shard.replay``), with model changes
+        and commands applied between the batches they came between; derived rows go to the
+        store's writer again (idempotent), which gives rows to samples held while a shard was
+        down. A restore (``versions`` given) also counts every batch as applied."""
+        core = self.core
+        assert core.persist is not None
+        restoring = core.replaying
+        chunk = _Chunk({shard.index for shard in shards})
+        for entry in entries:
+            while ((versions and versions[0].log_offset < entry.offset) or
+                   (commands and commands[0][2] < entry.offset)):
+                self._flush(chunk)                # they see the state as of their offset
+                if versions and versions[0].log_offset < entry.offset:
+                    self._reapply(versions.popleft())
+                else:
+                    self._restore_command(commands.popleft())
+            decoded = unpack_batch(entry.payload)
+            chunk.add(entry, decoded.samples, core, every_entry=restoring)
+            if restoring:
+                core.counters["replayed_samples"] += decoded.size
             if len(chunk) >= _REPLAY_CHUNK:
-                self._replay_chunk(shard, chunk, meta)
-                chunk, meta = [], []
-        if chunk:
-            self._replay_chunk(shard, chunk, meta)
+                self._flush(chunk)
+        self._flush(chunk)
+        while versions:
+            self._reapply(versions.popleft())
+        while commands:
+            self._restore_command(commands.popleft())
+
+    def _flush(self, chunk: _Chunk) -> None:
+        core = self.core
+        assert core.persist is not None
+        calls = chunk.calls()
+        outs = core.hosting.call_many(calls) if calls else []
+        parts: dict[int, list[tuple[list[Sample], bytes]]] = {o: [] for o, _ in chunk.entries}
+        for (index, _), out in zip(calls, outs, strict=True):
+            core.absorb(out)
+            for (offset, samples), codes in zip(chunk.samples[index], out.reply, strict=True):
+                parts[offset].append((samples, codes))
+        for n, (offset, received_at) in enumerate(chunk.entries):
+            last = n == len(chunk.entries) - 1
+            core.persist.derived(offset, received_at, parts[offset],
+                                 core.unsaved if last else [])
+        if chunk.entries:
+            core.unsaved = []
+        with core.view_lock:
+            core.counters["replayed_batches"] += len(chunk.entries)
+        chunk.clear()
 
     def _load(self, store: Store, snapshot: Snapshot | None, shards: list[ShardClient],
               mine: Callable[[Any], bool]) -> tuple[int, deque[Command]]:
@@ -196,23 +217,41 @@ class Recovery:
         if core.replaying:
             core.persist.last_command = command_id
 
-    def _replay_chunk(self, shard: ShardClient, chunk: list[tuple[float, bytes]],
-                      meta: list[tuple[int, float, list[Sample]]]) -> None:
-        core = self.core
-        assert core.persist is not None
-        out = shard.call(Replay(tuple(chunk)))
-        core.absorb(out)
-        # the store's rows again (idempotent): samples held while the shard was down get
-        # theirs only now
-        unsaved = core.unsaved
-        for n, ((offset, received_at, samples), codes) in enumerate(
-                zip(meta, out.reply, strict=True)):
-            core.persist.derived(offset, received_at, [(samples, codes)],
-                                 unsaved if n == len(meta) - 1 else [])
-        if unsaved:
-            unsaved.clear()
-        with core.view_lock:
-            core.counters["replayed_batches"] += len(chunk)
+
+class _Chunk:
+    """Logged batches on their way into shards: per shard, the packed rows to replay and the
+    samples they hold; the entries, in order, whose derived rows follow."""
+
+    def __init__(self, shards: set[int]) -> None:
+        self.shards = shards
+        self.rows: dict[int, list[tuple[float, bytes]]] = {i: [] for i in shards}
+        self.samples: dict[int, list[tuple[int, list[Sample]]]] = {i: [] for i in shards}
+        self.entries: list[tuple[int, float]] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: LogEntry, samples: list[Sample], core: FleetCore,
+            every_entry: bool) -> None:
+        by_shard: dict[int, list[Sample]] = {}
+        for sample in samples:
+            index = core.placement.shard_of(core.model, sample.asset_id)
+            if index in self.shards:
+                by_shard.setdefault(index, []).append(sample)
+        for index, mine in by_shard.items():
+            self.rows[index].append((entry.received_at, pack_rows(mine)))
+            self.samples[index].append((entry.offset, mine))
+        if by_shard or every_entry:
+            self.entries.append((entry.offset, entry.received_at))
+
+    def calls(self) -> list[tuple[int, ShardCall[ShardOutput]]]:
+        return [(i, Replay(tuple(rows))) for i, rows in self.rows.items() if rows]
+
+    def clear(self) -> None:
+        for index in self.shards:
+            self.rows[index] = []
+            self.samples[index] = []
+        self.entries = []
 
 
 def _log_until(store: Store, start: int, last: int) -> Iterator[LogEntry]:

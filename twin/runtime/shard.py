@@ -185,16 +185,20 @@ class Shard:
     def replay(self, batches: Sequence[tuple[float, bytes]]) -> ShardOutput:
         """Re-apply logged batches after a restart: for each ``(received_at, packed rows)``,
         let time pass to its arrival, then ingest it. The reply is each batch's outcome codes
-        (the facade re-derives the store's rows from them)."""
+        (the facade re-derives the store's rows from them); the summaries are every leaf
+        that changed on the way (a leaf's newest summary last)."""
         transitions: list[Transition] = []
+        summaries: list[LeafSummary] = []
         outcomes: list[bytes] = []
         for received_at, rows in batches:
-            transitions.extend(self.tick(received_at).transitions)
+            ticked = self.tick(received_at)
             out = self.ingest_rows(received_at, rows, None, True)
-            transitions.extend(out.transitions)
+            transitions.extend(ticked.transitions + out.transitions)
+            summaries.extend(ticked.summaries + out.summaries)
             outcomes.append(bytes(out.outcomes or b""))
         out = self.collect()
         out.transitions = transitions + out.transitions
+        out.summaries = summaries + out.summaries
         out.reply = outcomes
         return out
 
