@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_until
 from tests.proc_tree import (
     Procs,
     in_netns,
@@ -32,7 +33,7 @@ from tests.proc_tree import (
     service,
 )
 from tests.test_multihost import listening as admin_listening
-from tests.test_multiproc import actor_system_processes, wait_until
+from tests.test_multiproc import actor_system_processes
 from tests.test_stop import Lines, twin
 from twin import Fleet, FleetModel, TwinError, VirtualClock
 from twin.hosting.listen import LOOPBACK, listen_on, listening_host

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from supervisors import SupervisionPolicy
-from tests.test_multiproc import alive, descendants, parent, wait_until
+from tests.polling import wait_until
+from tests.test_multiproc import alive, descendants, parent
 from twin import Fleet, FleetModel, Sample, TwinError, VirtualClock
 from twin.hosting.system import free_port
 from twin.testing import capture_logs, fleet_dict

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from supervisors import SupervisionPolicy
+from tests.polling import wait_until
 from twin import AddAsset, Fleet, FleetModel, Sample, VirtualClock
 from twin.core.errors import ShardDown
 from twin.testing import capture_logs, fleet_dict
@@ -62,15 +63,6 @@ def kill_shard(fleet: Fleet, index: int) -> int:
     assert isinstance(pid, int)
     os.kill(pid, signal.SIGKILL)
     return pid
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Poll a real condition (a process exited, a supervisor noticed) with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s}s: {condition}")
-        time.sleep(0.02)
 
 
 def shard_status(fleet: Fleet, index: int) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from supervisors import SupervisionPolicy
+from tests.polling import wait_until
 from twin import Fleet, FleetModel, Sample, VirtualClock
 from twin.hosting.shard_watch import post
 from twin.testing import fleet_dict
@@ -29,16 +30,6 @@ NOTICED_WITHIN_S = 2.0        # a kill shows in the fleet's counters and roll-up
 WHOLE_WITHIN_S = 10.0         # every roll-up whole again, counted from the kill
 READ_WITHIN_S = 1.0           # rollups() answers, whatever the shards are doing
 KILLS = 20
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll a real condition of other processes with a deadline; returns the time it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not within {timeout_s:g}s: {what}")
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 def process_gone(pid: int) -> bool:

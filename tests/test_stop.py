@@ -30,9 +30,10 @@ from typing import IO
 
 import pytest
 
+from tests.polling import wait_until
 from tests.proc_tree import Procs, kill_left, running, service
 from tests.test_multihost import listening
-from tests.test_multiproc import parent, wait_until
+from tests.test_multiproc import parent
 from twin import Fleet, FleetModel, VirtualClock
 from twin.hosting.system import free_port
 from twin.testing import fleet_dict

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -32,6 +31,7 @@ from store_urls import (
     sqlite_url,
 )
 
+from tests.polling import wait_until
 from twin import (
     AddAsset,
     Fleet,
@@ -291,7 +291,7 @@ class BlockedWriter:
             self.store.writer.flush()            # idle: in no transaction, holding no lock
             stopped = self._stopped = self.store.writer.pid
             os.kill(stopped, signal.SIGSTOP)
-            poll_until(lambda: process_state(stopped) == "T", "the writer to stop")
+            wait_until(lambda: process_state(stopped) == "T", what="the writer to stop")
         return self
 
     def cut_connection(self) -> None:
@@ -307,7 +307,7 @@ class BlockedWriter:
                     return bool(conn.execute(text(f"SELECT count(*) {writer}"), app).scalar())
 
             # a busy machine may start the writer's INSERT after ingest was refused
-            poll_until(inside_insert, "the writer to wait inside its INSERT")
+            wait_until(inside_insert, what="the writer to wait inside its INSERT")
             with self.db.connect() as conn:
                 ended = conn.execute(text(f"SELECT pg_terminate_backend(pid, 5000) {writer}"),
                                      app).scalars().all()
@@ -320,7 +320,7 @@ class BlockedWriter:
             locker.execute("BEGIN IMMEDIATE")    # the database's write lock, held here
             before = self.store.writer.retries
             self._continue()
-            poll_until(lambda: self.store.writer.retries > before, "the writer to retry")
+            wait_until(lambda: self.store.writer.retries > before, what="the writer to retry")
             locker.execute("ROLLBACK")
         finally:
             locker.close()
@@ -348,15 +348,6 @@ def process_state(pid: int) -> str:
             return stat.read().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "X"
-
-
-def poll_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Wait for a real condition of another process, with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout_s:g} s for {what}")
-        time.sleep(0.005)
 
 
 class FailingLogAppends:
@@ -767,7 +758,7 @@ def test_a_killed_writer_process_is_restarted_and_writes_every_batch_sent_to_it(
             fleet.ingest([acknowledged[-1]])
         killed = store.writer.pid
         os.kill(killed, signal.SIGKILL)
-        poll_until(lambda: store.writer.pid != killed, "a new writer process")
+        wait_until(lambda: store.writer.pid != killed, what="a new writer process")
     fleet.flush()
     assert process_state(killed) in ("Z", "X")
     assert [(ts, asset) for ts, asset, *_ in sample_rows(db)] == [
@@ -791,7 +782,7 @@ def test_a_writer_process_that_keeps_dying_makes_ingest_refuse_batches(
     for _ in range(4):                        # three restarts are allowed within a minute
         killed = store.writer.pid
         os.kill(killed, signal.SIGKILL)
-        poll_until(lambda: gone(killed), "the writer to be restarted or to stay dead")  # noqa: B023
+        wait_until(lambda: gone(killed), what="the writer to be restarted or to stay dead")  # noqa: B023
     fleet.advance(1)
     with pytest.raises(StoreUnavailable, match="writer process exited"):
         power(fleet, clock, t_01=200.0)
@@ -814,7 +805,7 @@ def test_the_writer_process_exits_when_its_fleet_is_killed(store_url: str, tmp_p
         child.wait()
         if child.stdout is not None:
             child.stdout.close()
-    poll_until(lambda: process_state(writer) in ("Z", "X"), "the orphaned writer to exit")
+    wait_until(lambda: process_state(writer) in ("Z", "X"), what="the orphaned writer to exit")
 
 
 def test_the_writer_process_and_the_fleet_agree_on_which_outcomes_are_stored() -> None:

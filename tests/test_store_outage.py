@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pg_private import PrivatePostgres
 from sqlalchemy import create_engine, text
 
+from tests.polling import wait_until
 from twin import (
     Fleet,
     FleetModel,
@@ -38,16 +38,8 @@ START = 1767225600.0
 OFFLINE_AFTER_S = 30.0
 READ_WITHIN_S = 0.1          # the issue's bound for rollup() during the outage
 TIMERS_WITHIN_S = 1.0        # a round of timers (fleet.advance) during the outage
+OUTAGE_WAIT_S = 30.0         # a database restart on a busy machine
 SILENT_SITE = "o1-r0-s1"     # its assets report once, at START, and never again
-
-
-def poll_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    """Wait for a real condition of other threads and processes, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout_s:g} s for {what}")
-        time.sleep(0.01)
 
 
 class Client(threading.Thread):
@@ -123,11 +115,12 @@ def test_a_database_outage_leaves_reads_and_timers_alone_and_loses_nothing_ackno
             fleet.advance(10)                      # the reporting assets' deadline: +40 s
             client.start()
             reader.start()
-            poll_until(lambda: len(client.acknowledged) >= 3, "the client's first batches")
+            wait_until(lambda: len(client.acknowledged) >= 3, OUTAGE_WAIT_S,
+                       "the client's first batches")
 
             pg.stop()                                           # the outage
             outage = time.monotonic()
-            poll_until(lambda: client.refused >= 1, "a refused batch")
+            wait_until(lambda: client.refused >= 1, OUTAGE_WAIT_S, "a refused batch")
             # known to be down now: a batch is refused at once, not after busy_timeout_s
             started = time.perf_counter()
             with pytest.raises(StoreUnavailable, match="is down"):
@@ -153,13 +146,13 @@ def test_a_database_outage_leaves_reads_and_timers_alone_and_loses_nothing_ackno
             advance_to(START + 10 + OFFLINE_AFTER_S + 0.1)
             assert offline() == set(model.assets)
             acknowledged_during_outage = len(client.acknowledged)
-            poll_until(lambda: time.monotonic() - outage >= 3 and client.refused >= 5,
-                       "a few seconds of outage")
+            wait_until(lambda: time.monotonic() - outage >= 3 and client.refused >= 5,
+                       OUTAGE_WAIT_S, "a few seconds of outage")
             assert len(client.acknowledged) == acknowledged_during_outage
 
             pg.start()                                          # the end of it
-            poll_until(lambda: len(client.acknowledged) >= acknowledged_during_outage + 3,
-                       "batches acknowledged again")
+            wait_until(lambda: len(client.acknowledged) >= acknowledged_during_outage + 3,
+                       OUTAGE_WAIT_S, "batches acknowledged again")
             client.stop.set()
             reader.stop.set()
             client.join()
