@@ -123,7 +123,7 @@ class GroupActor(Actor):
 
     __slots__ = ("_flush_queued", "_full", "_kernel", "_leaf_of", "_on_change", "_pending_missing",
                  "_snapshot", "as_of", "child_rows", "child_versions", "key", "level",
-                 "missing_parts", "parents", "path", "rows", "version")
+                 "missing_parts", "not_following", "parents", "path", "rows", "version")
 
     def __init__(self, key: str, path: str, level: str, kernel: Kernel,
                  on_change: Callable[[GroupActor], None]) -> None:
@@ -145,6 +145,7 @@ class GroupActor(Actor):
         self._snapshot: Rollup | None = None
         self.version = 0
         self.as_of = 0.0
+        self.not_following: set[str] = set()       # set by the control layer (facade side)
 
     @property
     def name(self) -> str:
@@ -237,5 +238,6 @@ class GroupActor(Actor):
         snap = self._snapshot
         if snap is None:
             snap = self._snapshot = Rollup(self.path, self.level, self.rows, self.version,
-                                           self.as_of, self.missing_parts.values())
+                                           self.as_of, self.missing_parts.values(),
+                                           self.not_following)
         return snap

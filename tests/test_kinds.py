@@ -17,6 +17,7 @@ from twin import (
     Charger,
     Fleet,
     FleetModel,
+    Follow,
     IngestReport,
     InvalidCommand,
     KindRegistry,
@@ -40,6 +41,9 @@ class HeatPump(AssetKind):
         "power_kw": Signal("kW", -1.1, 0.0, "rated_kw"),
         "flow_temp_c": Signal("°C", 0, 90)}
     commands: ClassVar[Mapping[str, Signal]] = {"flow_setpoint_c": Signal("°C", 20, 75)}
+    command_defaults: ClassVar[Mapping[str, float | bool]] = {"flow_setpoint_c": 45.0}
+    follows: ClassVar[Mapping[str, Follow]] = {
+        "flow_setpoint_c": Follow("flow_temp_c", "equal", 2.0, 0.0)}
     optional_fields = ("refrigerant",)
 
     def derive(self, spec: AssetSpec, reported: Mapping[str, Any], signals: Mapping[str, Any]

@@ -39,6 +39,30 @@ class InvalidCommand(TwinError, ValueError):
     """A command names a field the asset's kind does not accept, or a value out of bounds."""
 
 
+class VersionConflict(TwinError):
+    """``if_version`` did not match the asset's desired version: someone else commanded it
+    since the caller last looked. Nothing was changed."""
+
+    def __init__(self, asset_id: str, expected: int, actual: int) -> None:
+        self.asset_id = asset_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"asset {asset_id!r}: if_version={expected} does not match its desired "
+                         f"version {actual}; read it again and decide anew")
+
+
+class UnknownCommand(TwinError, LookupError):
+    """No command or dispatch of that id is known to this fleet."""
+
+    def __init__(self, what: str, ident: str) -> None:
+        self.what = what
+        self.ident = ident
+        super().__init__(f"unknown {what} {ident!r}")
+
+    def __reduce__(self) -> tuple[type[UnknownCommand], tuple[str, str]]:
+        return (UnknownCommand, (self.what, self.ident))
+
+
 class AssetUnavailable(TwinError):
     """A command was refused because the asset is not online.
 

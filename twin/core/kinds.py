@@ -50,6 +50,28 @@ class Signal:
         return self.lo * factor, self.hi * factor
 
 
+FollowMode = Literal["equal", "at_most"]
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """How the reported view shows that a command field is followed.
+
+    ``equal``: the reported ``signal`` is within the tolerance of the desired value (a
+    battery's power of its setpoint). ``at_most``: its magnitude is at most the desired value
+    plus the tolerance (a turbine's or a charger's power under its limit). The tolerance is
+    ``abs_tol`` plus ``rated_tol`` times the asset's ``rated_kw``.
+    """
+
+    signal: str
+    mode: FollowMode = "equal"
+    abs_tol: float = 0.0
+    rated_tol: float = 0.02
+
+    def tolerance(self, spec: AssetSpec) -> float:
+        return self.abs_tol + self.rated_tol * spec.rated_kw
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a sample (or one of its fields) was refused: the field, the value, the reason."""
@@ -64,6 +86,12 @@ class AssetKind:
 
     ``fields``: model fields an asset of this kind must have besides ``id`` and ``kind``
     (``rated_kw`` is always required); ``optional_fields`` are kept in ``AssetSpec.attrs``.
+
+    Control: every command field needs a ``command_defaults`` entry, the safe value a lease
+    reverts to when it expires, in the field's scale (``1.0`` with ``scale="rated_kw"`` is
+    the rating). ``follows`` says which reported signal shows that a field is followed, and
+    ``dead_time_s + settle_s`` is how long a device may take before it counts as not
+    following its setpoint.
     """
 
     name: ClassVar[str]
@@ -72,6 +100,10 @@ class AssetKind:
     fields: ClassVar[tuple[str, ...]] = ("rated_kw",)
     optional_fields: ClassVar[tuple[str, ...]] = ()
     power_signal: ClassVar[str] = "power_kw"
+    command_defaults: ClassVar[Mapping[str, float | bool]] = {}
+    follows: ClassVar[Mapping[str, Follow]] = {}
+    dead_time_s: ClassVar[float] = 2.0
+    settle_s: ClassVar[float] = 8.0
 
     def __init__(self) -> None:
         # the hot path skips the derive hook unless a subclass overrides it
@@ -99,6 +131,21 @@ class AssetKind:
                     f"kind {self.name!r} takes no command field {field!r} (valid: {valid})")
             desired[field] = _checked_command_value(self.name, spec, field, signal, value)
         return desired
+
+    def default_command(self, spec: AssetSpec) -> dict[str, Any]:
+        """The desired values a lease of this asset reverts to (absolute units)."""
+        out: dict[str, Any] = {}
+        for field, value in self.command_defaults.items():
+            signal = self.commands[field]
+            if signal.boolean or isinstance(value, bool):
+                out[field] = value
+            elif signal.scale is None:
+                out[field] = float(value)
+            else:
+                factor = (spec.rated_kw if signal.scale == "rated_kw"
+                          else (spec.capacity_kwh or 0.0))
+                out[field] = float(value) * factor
+        return out
 
     # -- used by the runtime ----------------------------------------------------------------
 
@@ -172,6 +219,10 @@ class Turbine(AssetKind):
         "power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw"),
     }
     commands = {"power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw")}
+    command_defaults = {"power_limit_kw": 1.0}          # no curtailment
+    follows = {"power_limit_kw": Follow("power_kw", "at_most", 1.0, 0.02)}
+    dead_time_s = 2.0
+    settle_s = 13.0                                     # pitch control is slow
 
 
 class Battery(AssetKind):
@@ -184,6 +235,10 @@ class Battery(AssetKind):
         "setpoint_kw": Signal("kW", -1.0, 1.0, "rated_kw"),
     }
     commands = {"setpoint_kw": Signal("kW", -1.0, 1.0, "rated_kw")}
+    command_defaults = {"setpoint_kw": 0.0}             # idle
+    follows = {"setpoint_kw": Follow("power_kw", "equal", 0.5, 0.02)}
+    dead_time_s = 1.0
+    settle_s = 9.0
 
 
 class Charger(AssetKind):
@@ -196,6 +251,10 @@ class Charger(AssetKind):
         "power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw"),
     }
     commands = {"power_limit_kw": Signal("kW", 0.0, 1.0, "rated_kw")}
+    command_defaults = {"power_limit_kw": 1.0}          # full rate
+    follows = {"power_limit_kw": Follow("power_kw", "at_most", 0.5, 0.02)}
+    dead_time_s = 2.0
+    settle_s = 8.0
 
 
 def _parse_bound(where: str, current: Signal, raw: Any) -> Signal:
@@ -236,6 +295,7 @@ class KindRegistry:
             raise ModelError(f"kind {name!r} is already registered (pass replace=True)")
         if "rated_kw" not in kind.fields:
             raise ModelError(f"kind {name!r}: fields must include 'rated_kw'")
+        _check_control(kind)
         self._kinds[name] = kind
         return kind
 
@@ -277,6 +337,35 @@ class KindRegistry:
             tuned.signals = changed      # type: ignore[misc]  # this instance only
             out.register(tuned, replace=True)
         return out
+
+
+def _check_control(kind: AssetKind) -> None:
+    """A kind that takes commands says what each reverts to, and how following shows."""
+    name = kind.name
+    for field in kind.commands:
+        if field not in kind.command_defaults:
+            raise ModelError(
+                f"kind {name!r}: command field {field!r} has no entry in command_defaults (the "
+                f"value a lease reverts to when it expires, e.g. {{{field!r}: 0.0}})")
+    for field, value in kind.command_defaults.items():
+        if field not in kind.commands:
+            raise ModelError(f"kind {name!r}: command_defaults names {field!r}, which is not a "
+                             f"command field (valid: "
+                             f"{', '.join(sorted(kind.commands)) or 'none'})")
+        if not isinstance(value, bool | int | float) or math.isnan(value):
+            raise ModelError(f"kind {name!r}: command_defaults[{field!r}] must be a number or "
+                             f"true/false, got {value!r}")
+    for field, follow in kind.follows.items():
+        if field not in kind.commands:
+            raise ModelError(f"kind {name!r}: follows names {field!r}, which is not a command "
+                             f"field (valid: {', '.join(sorted(kind.commands)) or 'none'})")
+        if follow.signal not in kind.signals:
+            raise ModelError(f"kind {name!r}: follows[{field!r}] compares signal "
+                             f"{follow.signal!r}, which the kind does not report "
+                             f"(known: {', '.join(sorted(kind.signals))})")
+    if not kind.dead_time_s >= 0 or not kind.settle_s >= 0:
+        raise ModelError(f"kind {name!r}: dead_time_s and settle_s must be >= 0, got "
+                         f"{kind.dead_time_s!r} and {kind.settle_s!r}")
 
 
 default_kinds = KindRegistry([Turbine(), Battery(), Charger()])

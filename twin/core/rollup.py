@@ -62,13 +62,16 @@ class Rollup(KindRollup):
 
     ``expected`` = ``reporting + offline + unknown + quarantined``. ``power_kw`` sums the
     reporting assets only; ``capacity_kw`` sums every expected asset's rating. ``missing``
-    lists, sorted, the ids expected but not reporting.
+    lists, sorted, the ids expected but not reporting; ``not_following`` those reporting but
+    not following the setpoint they were given (see docs/control.md).
     """
 
-    __slots__ = ("_missing", "_missing_parts", "as_of", "kinds", "level", "path", "version")
+    __slots__ = ("_missing", "_missing_parts", "as_of", "kinds", "level", "not_following",
+                 "path", "version")
 
     def __init__(self, path: str, level: str, rows: Mapping[str, Row | list[int]], version: int,
-                 as_of: float, missing_parts: Iterable[frozenset[str]]) -> None:
+                 as_of: float, missing_parts: Iterable[frozenset[str]],
+                 not_following: Iterable[str] = ()) -> None:
         total = [0] * ROW_WIDTH
         for row in rows.values():
             for i in range(ROW_WIDTH):
@@ -82,6 +85,7 @@ class Rollup(KindRollup):
             {kind: KindRollup(row) for kind, row in sorted(rows.items())})
         self._missing_parts = tuple(missing_parts)
         self._missing: tuple[str, ...] | None = None
+        self.not_following: tuple[str, ...] = tuple(sorted(not_following))
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -94,14 +98,16 @@ class Rollup(KindRollup):
         out: dict[str, Any] = {"path": self.path, "level": self.level, "version": self.version,
                                "as_of": self.as_of, **self.counts(),
                                "kinds": {k: v.counts() for k, v in self.kinds.items()}}
+        out["not_following"] = len(self.not_following)
         if with_missing:
             out["missing"] = list(self.missing)
+            out["not_following_ids"] = list(self.not_following)
         return out
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Rollup) and self.path == other.path and
                 self.counts() == other.counts() and dict(self.kinds) == dict(other.kinds) and
-                self.missing == other.missing)
+                self.missing == other.missing and self.not_following == other.not_following)
 
     def __hash__(self) -> int:
         return hash((self.path, self.version))
@@ -112,6 +118,9 @@ class Rollup(KindRollup):
         if self.expected != self.reporting:
             shown = ", ".join(self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
             text += f" (missing: {shown})"
+        if self.not_following:
+            text += (f", {len(self.not_following)} not following "
+                     f"{'its' if len(self.not_following) == 1 else 'their'} setpoint")
         return text
 
     def __repr__(self) -> str:

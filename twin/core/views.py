@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -28,6 +28,8 @@ class AssetView:
     quality: Mapping[str, int]
     restarts: int
     as_of: float
+    desired_version: int = 0              # of the asset's current command (0: never one)
+    following: str | None = None          # converged, converging, not_following (or None)
 
     @property
     def age_s(self) -> float | None:
@@ -39,13 +41,34 @@ class AssetView:
                 "expected": dict(self.expected), "desired": dict(self.desired),
                 "reported": dict(self.reported), "last_seen": self.last_seen,
                 "last_sample_ts": self.last_sample_ts, "age_s": self.age_s,
-                "quality": dict(self.quality), "restarts": self.restarts, "as_of": self.as_of}
+                "quality": dict(self.quality), "restarts": self.restarts, "as_of": self.as_of,
+                "desired_version": self.desired_version, "following": self.following}
 
 
 @dataclass(frozen=True, slots=True)
 class CommandReceipt:
-    """A command the asset's actor accepted: the desired view it now holds."""
+    """A command the asset's actor accepted: the desired view it now holds, the command's id
+    and the asset's desired version it set, and when its lease ends (``None``: it stands
+    until superseded). ``state`` is live: where the command is now (docs/control.md)."""
 
     asset_id: str
     desired: Mapping[str, Any]
     at: float
+    command_id: str = ""
+    desired_version: int = 0
+    expires_at: float | None = None
+    _state_of: Callable[[str, int], str] | None = field(default=None, repr=False,
+                                                         compare=False)
+
+    @property
+    def state(self) -> str:
+        """sent, delivered, applied, not_followed, rejected, unacknowledged, superseded or
+        expired."""
+        if self._state_of is None:
+            return "sent"
+        return self._state_of(self.asset_id, self.desired_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"asset_id": self.asset_id, "desired": dict(self.desired), "at": self.at,
+                "command_id": self.command_id, "desired_version": self.desired_version,
+                "expires_at": self.expires_at, "state": self.state}

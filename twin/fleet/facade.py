@@ -9,11 +9,18 @@ asyncio code: see :mod:`twin.aio`).
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
+import structlog
+
 from supervisors import SupervisionPolicy
+from twin.control.states import CommandState
+from twin.control.table import CommandEvent, CommandRecord
+from twin.control.transport import CommandSink, CommandTransport
 from twin.core.changes import Change, ModelVersion
 from twin.core.clock import Clock, RealClock
 from twin.core.model import FleetModel
@@ -22,18 +29,28 @@ from twin.core.samples import IngestReport, Sample
 from twin.core.states import Transition
 from twin.core.views import AssetView, CommandReceipt
 from twin.fleet.changes import ModelChanges, PendingChange
-from twin.fleet.commands import Commands, CommandSink
+from twin.fleet.chaos import Chaos
+from twin.fleet.control import Control, ControlOptions, make_transport
 from twin.fleet.core import FleetCore
+from twin.fleet.dispatching import Dispatch, Dispatching, ReportCallback
 from twin.fleet.failover import Failover
 from twin.fleet.ingest import IngestPath
 from twin.fleet.metrics import exposition, fleet_metrics, registry_for
 from twin.fleet.recovery import Recovery, Snapshots
-from twin.fleet.subscriptions import RollupCallback, Subscription, Subscriptions
+from twin.fleet.subscriptions import (
+    RollupCallback,
+    StreamSubscription,
+    Subscription,
+    Subscriptions,
+)
 from twin.fleet.timers import Timers
 from twin.hosting.system import EMBEDDED_BASE, Hosting
 from twin.runtime.shard import ShardConfig
+from twin.store.control_log import ControlLog
 from twin.store.persistence import Persistence
 from twin.store.store import Store, open_store
+
+log = structlog.get_logger("twin.fleet")
 
 T = TypeVar("T")
 
@@ -54,10 +71,13 @@ class Fleet:
     another machine gets in; name the address nodes reach it on, see docs/security.md).
     ``supervision`` is the policy of each site's supervisor over its assets;
     ``site_supervision`` that of each shard's supervisor over its sites.
-    ``command_sink`` is called with ``(asset_id, desired)`` for every accepted command (the
-    transport to devices). ``store`` is a URL (SQLite file or PostgreSQL) or a
-    :class:`Store`; ``store_options`` are the keyword options of :class:`Store` for a URL
-    (``busy_timeout_s``, ``statement_timeout_s``, ``queue_batches``, ...).
+    ``transport`` takes every command to its device and reports acknowledgements back
+    (:class:`~twin.control.transport.CommandTransport`); ``command_sink``, a plain callable
+    ``(asset_id, desired)``, is the simple form of one. ``control`` tunes leases, resends,
+    convergence and dispatch (:class:`ControlOptions`; docs/control.md). ``store`` is a URL
+    (SQLite file or PostgreSQL) or a :class:`Store`; ``store_options`` are the keyword
+    options of :class:`Store` for a URL (``busy_timeout_s``, ``statement_timeout_s``,
+    ``queue_batches``, ...).
     """
 
     def __init__(self, model: FleetModel, *, clock: Clock | None = None,
@@ -65,6 +85,8 @@ class Fleet:
                  supervision: SupervisionPolicy | None = None,
                  site_supervision: SupervisionPolicy | None = None,
                  command_sink: CommandSink | None = None,
+                 transport: CommandTransport | None = None,
+                 control: ControlOptions | None = None,
                  seed: int = 0, tick_interval_s: float = 0.5, resend_every_s: float = 60.0,
                  transitions_kept: int = 1000, call_timeout_s: float = 60.0,
                  store: str | Store | None = None,
@@ -99,9 +121,12 @@ class Fleet:
         self._ingest = IngestPath(core, self._changes, self._snapshots)
         self._recovery = Recovery(core, self._changes.reapply, self._changes.schedule)
         self._failover = Failover(core, self._recovery)
-        self._timers = Timers(core, self._changes, self._failover)
+        self._control = Control(core, make_transport(transport, command_sink),
+                                control or ControlOptions(), random.Random(seed * 7919 + 17))
+        self._dispatching = Dispatching(core, self._control)
+        self._timers = Timers(core, self._changes, self._failover, self._control.tick)
         self._subscriptions = Subscriptions(core)
-        self._commands = Commands(core, command_sink)
+        self._chaos = Chaos(core)
         self._registry = registry_for(self.metrics)
         try:
             for shard in core.shards:
@@ -112,6 +137,7 @@ class Fleet:
                     store if isinstance(store, Store) else open_store(store, store_options),
                     snapshot_every_s, snapshot_every_batches)
                 self._recovery.restore()
+                self._restore_control(core.persist.store)
                 self._timers.tick_at(self.clock.now())      # let time catch up to now
         except BaseException:
             if core.persist is not None:
@@ -120,6 +146,16 @@ class Fleet:
             raise
         hosting.watch_shards(self._failover.on_shard_states)
         self._timers.start(tick_interval_s, self.tick)
+
+    def _restore_control(self, store: Store) -> None:
+        control_log = ControlLog(store)
+        self._control.attach_store(control_log)
+        now = self.clock.now()
+        reopened = self._control.restore(now)
+        resumed = self._dispatching.restore(control_log.active_dispatches(), now)
+        self._control.write()
+        if reopened or resumed:
+            log.info("control_restored", open_commands=reopened, dispatches=resumed)
 
     # -- ingestion and time -----------------------------------------------------------------
 
@@ -164,9 +200,15 @@ class Fleet:
             return {p: tree.lookup(p).snapshot() for p in tree.paths(level)}
 
     def asset(self, asset_id: str) -> AssetView:
-        """The asset's three views (expected, desired, reported), state and data quality;
-        :class:`ShardDown` while the process holding it is down."""
-        return self._locked(lambda: self._core.asset_view(asset_id))
+        """The asset's three views (expected, desired, reported), state and data quality,
+        its desired version and whether it follows its setpoint; :class:`ShardDown` while
+        the process holding it is down."""
+        view = self._locked(lambda: self._core.asset_view(asset_id))
+        desired, version, following = self._control.desired_of(asset_id)
+        if not version:
+            return view
+        return dataclasses.replace(view, desired={**view.desired, **desired},
+                                   desired_version=version, following=following)
 
     def transitions(self, limit: int | None = None) -> list[Transition]:
         """Recent state transitions, oldest first."""
@@ -185,8 +227,9 @@ class Fleet:
         return MappingProxyType(self._core.placement.site_shard)
 
     def metrics(self) -> dict[str, Any]:
-        return self._locked(lambda: fleet_metrics(self._core, len(self._changes.pending),
-                                                  len(self._subscriptions)))
+        return self._locked(lambda: fleet_metrics(
+            self._core, len(self._changes.pending), len(self._subscriptions),
+            self._control.metrics(self._dispatching.figures())))
 
     def metrics_text(self) -> bytes:
         """The counters in Prometheus text format (``twin_samples_total{outcome="late"}``)."""
@@ -207,18 +250,69 @@ class Fleet:
 
     # -- control ----------------------------------------------------------------------------
 
-    def command(self, asset_id: str, payload: Mapping[str, Any]) -> CommandReceipt:
+    def command(self, asset_id: str, payload: Mapping[str, Any], *, ttl_s: float | None = None,
+                if_version: int | None = None) -> CommandReceipt:
         """Send a command to an asset; refused with :class:`AssetUnavailable` unless online,
-        :class:`InvalidCommand` if its kind does not take it."""
-        return self._locked(lambda: self._commands.send(asset_id, payload))()
+        :class:`InvalidCommand` if its kind does not take it, :class:`VersionConflict` if
+        ``if_version`` is not the asset's desired version (nothing changes then).
+
+        With ``ttl_s`` the command is a lease: when it ends, the asset's desired view reverts
+        to its kind's default, which is sent to the device too; re-issue to renew. The
+        receipt's ``state`` follows the command (sent, delivered, applied, ...)."""
+        return self._locked(lambda: self._control.command(asset_id, payload, ttl_s,
+                                                          if_version))()
+
+    def commands(self, asset_id: str | None = None, state: str | None = None
+                 ) -> list[CommandRecord]:
+        """Every asset's current command and the finished ones kept in memory (oldest
+        first), optionally of one asset or in one state (``"not_followed"``, ...)."""
+        if state is not None:
+            CommandState.parse(state)         # a typo is an error, not an empty answer
+        with self._core.lock:
+            self._core.check_open()
+            return self._control.commands(asset_id, state)
+
+    def subscribe_commands(self, callback: Callable[[CommandEvent], None]) -> StreamSubscription:
+        """Call ``callback(event)`` for every change of a command's state (a
+        :class:`~twin.control.table.CommandEvent`)."""
+        return StreamSubscription(self._control.subscribe(callback))
+
+    def dispatch(self, path: str, target_kw: float, *, kinds: Sequence[str] = ("battery",),
+                 duration_s: float, ramp_kw_per_s: float | None = None,
+                 strategy: str = "headroom", lease_s: float = 3.0,
+                 flip_threshold_kw: float | None = None) -> Dispatch:
+        """Run the assets of ``kinds`` under ``path`` as one plant at ``target_kw`` (positive:
+        deliver to the grid) for ``duration_s``: every control tick the target is allocated
+        over the members that may take part (``strategy`` "headroom" or "soc") and issued as
+        leases of ``lease_s``. See :class:`~twin.fleet.dispatching.Dispatch` and
+        docs/control.md."""
+        dispatch_id = self._locked(lambda: self._dispatching.start(
+            path, target_kw, kinds=kinds, duration_s=duration_s, ramp_kw_per_s=ramp_kw_per_s,
+            strategy=strategy, lease_s=lease_s, flip_threshold_kw=flip_threshold_kw))
+        return Dispatch(dispatch_id, self._dispatching, self._locked)
+
+    def dispatches(self, *, active_only: bool = False) -> list[Dispatch]:
+        """The dispatches of this run (active first)."""
+        plans = self._locked(self._dispatching.plans)
+        return [Dispatch(p.spec.dispatch_id, self._dispatching, self._locked) for p in plans
+                if not active_only or p.status == "active"]
+
+    def get_dispatch(self, dispatch_id: str) -> Dispatch:
+        """A dispatch by id; :class:`UnknownCommand` if there is none."""
+        self._locked(lambda: self._dispatching.plan_of(dispatch_id))
+        return Dispatch(dispatch_id, self._dispatching, self._locked)
+
+    def subscribe_dispatches(self, callback: ReportCallback) -> StreamSubscription:
+        """Call ``callback(report)`` after every tick of every dispatch."""
+        return StreamSubscription(self._locked(lambda: self._dispatching.subscribe(callback)))
 
     def inject_fault(self, asset_id: str, reason: str = "injected fault") -> None:
         """Make the asset's actor raise inside its handler (chaos testing of supervision)."""
-        self._locked(lambda: self._commands.inject_fault(asset_id, reason))
+        self._locked(lambda: self._chaos.inject_fault(asset_id, reason))
 
     def release(self, asset_id: str) -> None:
         """Let a quarantined asset run again (it is ``unknown`` until it reports)."""
-        self._locked(lambda: self._commands.release(asset_id))
+        self._locked(lambda: self._chaos.release(asset_id))
 
     # -- model changes ----------------------------------------------------------------------
 
@@ -266,6 +360,8 @@ class Fleet:
             self._core.check_open()
             result = work()
         self._subscriptions.deliver()
+        self._control.emit()
+        self._dispatching.emit()
         return result
 
     @property

@@ -20,7 +20,8 @@ from twin.fleet.core import FleetCore
 from twin.runtime.calls import Metrics
 
 
-def fleet_metrics(core: FleetCore, pending_changes: int, subscriptions: int) -> dict[str, Any]:
+def fleet_metrics(core: FleetCore, pending_changes: int, subscriptions: int,
+                  control: dict[str, Any]) -> dict[str, Any]:
     """Every counter of the fleet and of its shards (under the fleet lock)."""
     shards = [m for _, m in core.call_up([(i, Metrics()) for i in core.up()])]
     out: dict[str, Any] = {}
@@ -52,6 +53,7 @@ def fleet_metrics(core: FleetCore, pending_changes: int, subscriptions: int) -> 
     out["subscriptions"] = subscriptions
     out["pending_changes"] = pending_changes
     out["model_version"] = core.model.version
+    out.update(control)
     return out
 
 
@@ -105,6 +107,29 @@ class FleetCollector(Collector):
         for state, n in sorted(m["assets_by_state"].items()):
             states.add_metric([state], n)
         yield states
+        commands = CounterMetricFamily("twin_commands",
+                                       "Commands that reached each state", labels=["state"])
+        for state, n in sorted(m["commands_by_state"].items()):
+            commands.add_metric([state], n)
+        yield commands
+        yield GaugeMetricFamily("twin_assets_not_following",
+                                "Assets not following their setpoint now",
+                                value=m["assets_not_following"])
+        yield CounterMetricFamily("twin_command_resends_refused",
+                                  "Resends the fleet's retry budget refused",
+                                  value=m["command_resends_refused"])
+        yield CounterMetricFamily("twin_command_acks_stale",
+                                  "Acknowledgements of unknown or replaced commands",
+                                  value=m["command_acks_stale"])
+        yield GaugeMetricFamily("twin_dispatches_active", "Dispatches running now",
+                                value=len(m["dispatches"]))
+        for key, help_text in (("target_kw", "Dispatch target (after the ramp)"),
+                               ("allocated_kw", "Dispatch setpoints issued, summed"),
+                               ("achieved_kw", "Dispatch members' reported power, summed")):
+            gauge = GaugeMetricFamily(f"twin_dispatch_{key}", help_text, labels=["dispatch"])
+            for dispatch_id, figures in sorted(m["dispatches"].items()):
+                gauge.add_metric([dispatch_id], figures[key])
+            yield gauge
         if "store_queue_depth" in m:
             yield GaugeMetricFamily("twin_store_queue_depth",
                                     "Batches of derived rows waiting for the store writer",

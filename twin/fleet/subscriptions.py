@@ -42,6 +42,26 @@ class Subscription:
         self.cancel()
 
 
+class StreamSubscription:
+    """A live subscription to a stream of events (command states, dispatch reports);
+    ``cancel()`` ends it."""
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._cancel()
+
+    def __enter__(self) -> StreamSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
 class Subscriptions:
     """See the module docstring."""
 

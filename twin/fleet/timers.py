@@ -25,10 +25,12 @@ log = structlog.get_logger("twin.fleet")
 class Timers:
     """See the module docstring."""
 
-    def __init__(self, core: FleetCore, changes: ModelChanges, failover: Failover) -> None:
+    def __init__(self, core: FleetCore, changes: ModelChanges, failover: Failover,
+                 control_tick: Callable[[float], None]) -> None:
         self.core = core
         self.changes = changes
         self.failover = failover
+        self.control_tick = control_tick
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -59,6 +61,8 @@ class Timers:
             self.failover.watch(now)
         self.changes.fire_scheduled(now)
         core.tick_shards(now)
+        if not core.replaying:
+            self.control_tick(now)
 
     def start(self, interval: float, tick: Callable[[], None]) -> None:
         """Start the ticker thread calling ``tick`` (none on a VirtualClock)."""

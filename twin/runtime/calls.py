@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from twin.core.model import AssetSpec
 from twin.core.samples import Sample
-from twin.runtime.shard import Shard, ShardOutput
+from twin.runtime.shard import ControlInputs, Shard, ShardOutput
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -104,6 +104,15 @@ class Command(ShardCall[ShardOutput]):
 
     def run(self, shard: Shard) -> ShardOutput:
         return shard.command(self.now, self.asset_id, self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInputsOf(ShardCall[ControlInputs]):
+    asset_ids: Sequence[str]
+    signals: Sequence[str]
+
+    def run(self, shard: Shard) -> ControlInputs:
+        return shard.control_inputs(self.asset_ids, self.signals)
 
 
 @dataclass(frozen=True, slots=True)

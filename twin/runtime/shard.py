@@ -8,6 +8,7 @@ This class is plain Python; :mod:`twin.hosting.system` runs it inside a Thespian
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ class ShardOutput:
     errors: list[SampleError] = field(default_factory=list)
     outcomes: bytearray | None = None     # per sample, when asked for (to store them)
     reply: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInputs:
+    """Columns of :meth:`Shard.control_inputs`, index-aligned with the asked asset ids."""
+
+    states: bytes
+    last_seen: list[float]
+    values: list[Any]
+    soc_pct: list[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +233,19 @@ class Shard:
         out = self.collect()
         out.reply = reply
         return out
+
+    def control_inputs(self, asset_ids: Sequence[str], signals: Sequence[str]) -> ControlInputs:
+        """What control needs of these assets, as columns: state codes (255: not here), when
+        each last reported, the reported value of ``signals[i]`` and state of charge."""
+        actors = self.actors
+        picked = [actors.get(a) for a in asset_ids]
+        empty: dict[str, Any] = {}
+        reported = [empty if a is None else (a.reported or empty) for a in picked]
+        return ControlInputs(
+            bytes([255 if a is None else a.state for a in picked]),
+            [math.nan if a is None or a.last_seen is None else a.last_seen for a in picked],
+            [r.get(sig, math.nan) for r, sig in zip(reported, signals, strict=True)],
+            [r.get("soc_pct", math.nan) for r in reported])
 
     def restore_desired(self, asset_id: str, desired: Mapping[str, Any]) -> None:
         """Put back what an accepted command set (a restart replays commands)."""

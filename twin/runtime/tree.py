@@ -121,6 +121,23 @@ class RollupTree:
                 self.kernel.tell(node, RemoveChild(key))
         self.kernel.run()
 
+    def set_not_following(self, asset_id: str, paths: Iterable[str], on: bool) -> None:
+        """Mark (or clear) an asset as not following its setpoint in the nodes at ``paths``
+        (its site, region, owner and the groups that cover it)."""
+        for path in paths:
+            node = self.by_path.get(path)
+            if node is None:
+                continue
+            flagged = node.not_following
+            if on == (asset_id in flagged):
+                continue
+            if on:
+                flagged.add(asset_id)
+            else:
+                flagged.discard(asset_id)
+            node._snapshot = None
+            self._on_change(node)
+
     def _on_change(self, node: GroupActor) -> None:
         node.as_of = self._clock()
         self.changed.add(node)

@@ -111,3 +111,43 @@ progress = Table(
     Column("name", String(50), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# Control (docs/control.md). Commands sent one by one (and lease reverts), each with its
+# sequence number, which is also the asset's desired version; a dispatch's per-tick renewals
+# are not rows: its spec and reports are, and a restarted fleet resumes it with new leases.
+command_log = Table(
+    "twin_command_log", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", Double, nullable=False),
+    Column("asset_id", Text, nullable=False),
+    Column("desired", Text, nullable=False),            # JSON of the fields the command set
+    Column("expires_at", Double, nullable=True),
+    Column("origin", Text, nullable=True),              # a dispatch id, "lease" for a revert
+)
+
+# Every state a logged command reached, in order (the last one is where it is).
+command_events = Table(
+    "twin_command_events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("seq", BigInteger, nullable=False, index=True),
+    Column("at", Double, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("reason", Text, nullable=True),
+)
+
+dispatches = Table(
+    "twin_dispatches", metadata,
+    Column("dispatch_id", String(64), primary_key=True),
+    Column("spec", Text, nullable=False),               # JSON of its DispatchSpec
+    Column("status", String(20), nullable=False),       # active, ended, cancelled
+    Column("reason", Text, nullable=True),
+    Column("updated_at", Double, nullable=False),
+)
+
+dispatch_reports = Table(
+    "twin_dispatch_reports", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("dispatch_id", String(64), nullable=False, index=True),
+    Column("at", Double, nullable=False),
+    Column("report", Text, nullable=False),             # JSON of its DispatchReport
+)
