@@ -36,6 +36,8 @@ NO_RULE: Final = -1
 FOLLOW_NONE, FOLLOW_CONVERGED, FOLLOW_CONVERGING, FOLLOW_NOT = 0, 1, 2, 3
 FOLLOWING_NAMES: Final = (None, Following.CONVERGED, Following.CONVERGING, Following.NOT_FOLLOWING)
 _OPEN_CODES = np.array(sorted(int(s) for s in OPEN), dtype=np.int8)
+_OPEN_INTS = frozenset(int(s) for s in OPEN)
+_SENT = int(S.SENT)
 _JUDGED = np.array([int(S.DELIVERED), int(S.APPLIED), int(S.NOT_FOLLOWED)], dtype=np.int8)
 
 
@@ -194,7 +196,8 @@ class CommandTable:
     def issue(self, slot: int, desired: Mapping[str, Any], now: float,
               expires_at: float | None, origin: int = 0) -> Delivery:
         """A new command for one asset: supersedes its current one; returns the delivery."""
-        self._supersede(np.array([slot]), now)
+        if int(self.state[slot]) in _OPEN_INTS:
+            self._supersede(np.array([slot]), now)
         seq = self._take_seqs(1)
         self.single[seq] = slot
         self.desired_of_slot[slot] = dict(desired)
@@ -206,8 +209,10 @@ class CommandTable:
         return Delivery(str(seq), self.ids[slot], dict(desired), seq, expires_at, 1)
 
     def issue_batch(self, slots: np.ndarray, values: np.ndarray, field: str, now: float,
-                    expires_at: float | None, origin: int) -> DeliveryBatch:
-        """New commands of one field for many assets (a dispatch tick), as one batch."""
+                    expires_at: float | None, origin: int,
+                    asset_ids: Sequence[str] | None = None) -> DeliveryBatch:
+        """New commands of one field for many assets (a dispatch tick), as one batch;
+        ``asset_ids`` are the slots' ids when the caller has them at hand."""
         self._supersede(slots, now)
         first = self._take_seqs(len(slots))
         self.batches.append((first, slots.copy()))
@@ -216,8 +221,9 @@ class CommandTable:
                 self.desired_of_slot.pop(slot, None)
                 self.reasons.pop(slot, None)
         self._start(slots, np.arange(first, first + len(slots)), values, now, expires_at, origin)
-        ids = self.ids
-        asset_ids = [ids[s] for s in slots.tolist()]
+        if asset_ids is None:
+            ids = self.ids
+            asset_ids = [ids[s] for s in slots.tolist()]
         if self.events is not None:
             self.events.extend(CommandEvent(now, str(first + i), a, "sent")
                                for i, a in enumerate(asset_ids))
@@ -242,6 +248,19 @@ class CommandTable:
         self.origin[slots] = origin
 
     def _supersede(self, slots: np.ndarray, now: float) -> None:
+        if len(slots) == 1:                    # one command at a time: no set operations
+            slot = int(slots[0])
+            code = int(self.state[slot])
+            if code not in _OPEN_INTS:
+                return
+            if code == _SENT:
+                self.unacked[slot] += 1
+            if self.origin[slot] == 0:
+                self.history.append(self.record(slot, S.SUPERSEDED))
+                self.single.pop(int(self.seq[slot]), None)
+            self._move(slot, S.SUPERSEDED, now)
+            self.next_try[slot] = math.inf
+            return
         live = slots[np.isin(self.state[slots], _OPEN_CODES)]
         if not len(live):
             return

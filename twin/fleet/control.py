@@ -39,7 +39,7 @@ from twin.core.errors import (
 from twin.core.states import ONLINE
 from twin.core.views import CommandReceipt
 from twin.fleet.core import FleetCore
-from twin.runtime.calls import Command, ControlInputsOf
+from twin.runtime.calls import Command, ControlInputsOf, ForgetWatch
 from twin.store.control_log import ControlLog, ControlRows, command_row, event_rows
 from twin.store.store import StoreUnavailable
 
@@ -47,6 +47,8 @@ log = structlog.get_logger("twin.control")
 
 SEQ_BLOCK: Final = 1_000_000        # command numbers reserved in the store per write
 PENDING_ROWS_KEPT: Final = 100_000  # rows held while the store is away, then the oldest go
+SLOW_SHARE: Final = 0.125           # of a watch's state of charge and report times per tick
+SLOW_MIN: Final = 4096              # (at least this many: small fleets are read whole)
 
 CommandCallback = Callable[[CommandEvent], None]
 OPEN_CODES: Final = np.array(sorted(int(s) for s in OPEN), np.int8)
@@ -80,6 +82,23 @@ class ControlOptions:
 
 
 @dataclass(slots=True)
+class Watch:
+    """Assets read together: per shard, their positions, ids and followed signals; the shards
+    that keep the list under ``key`` (``""``: a one-off read, sent in full)."""
+
+    key: str
+    size: int
+    parts: list[tuple[int, np.ndarray, list[str], list[str]]]
+    synced: tuple[int, int] | None
+    held: set[int] = field(default_factory=set)
+    # state of charge and last report time change slowly: a rotating share is read each tick
+    soc: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    last_seen: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cursor: int = 0            # ticks since the first full read
+    fresh: bool = False        # every member's slow columns read at least once
+
+
+@dataclass(slots=True)
 class Inputs:
     """Control inputs of some assets, as numpy columns."""
 
@@ -109,7 +128,7 @@ class Control:
         self.subscribers: list[CommandCallback] = []
         self._paths: dict[str, tuple[str, ...]] = {}
         self.shard_of_asset: dict[str, int] = {}
-        self._synced: tuple[int, int] | None = None
+        self.synced: tuple[int, int] | None = None
         self.next_tick = -math.inf
         self.store: ControlLog | None = None
         self.reserved = 0
@@ -126,9 +145,9 @@ class Control:
         """Give every controllable asset its row after a model change (cheap when none)."""
         core = self.core
         key = (core.model.version, len(core.model.assets))
-        if key == self._synced:
+        if key == self.synced:
             return
-        self._synced = key
+        self.synced = key
         kinds = core.model.kinds
         follow_timeout = self.options.follow_timeout_s
         placement = core.placement
@@ -285,8 +304,9 @@ class Control:
         """Under the control lock: convergence of ``slots``; flags roll-ups."""
         table = self.table
         if inputs is None:
-            inputs = self.inputs([table.ids[s] for s in slots.tolist()],
-                                 [table.signal_of(s) or "power_kw" for s in slots.tolist()])
+            ids = [table.ids[s] for s in slots.tolist()]
+            inputs = self.read(self.watch("", ids, [table.signal_of(s) or "power_kw"
+                                                    for s in slots.tolist()]))
         started, stopped = table.judge(slots, inputs.states == ONLINE, inputs.values, now)
         flagged = slots[table.follow[slots] == FOLLOW_NOT]
         self.cooldown_until[flagged] = now + self.options.cooldown_s
@@ -323,29 +343,57 @@ class Control:
                                                  default, None, "lease"))
         return delivery
 
-    def inputs(self, asset_ids: Sequence[str], signals: Sequence[str]) -> Inputs:
-        """What these assets report now, from their shards (state 255: shard down)."""
-        n = len(asset_ids)
-        states = np.full(n, 255, np.uint8)
-        last_seen = np.full(n, math.nan)
-        values = np.full(n, math.nan)
-        soc = np.full(n, math.nan)
+    def watch(self, key: str, asset_ids: Sequence[str], signals: Sequence[str]) -> Watch:
+        """A set of assets read together every tick (a dispatch's members), split by shard."""
         by_shard: dict[int, list[int]] = {}
         shard_of = self.shard_of_asset
         for i, asset_id in enumerate(asset_ids):
             by_shard.setdefault(shard_of.get(asset_id, -1), []).append(i)
+        parts = [(index, np.array(rows, np.int64), [asset_ids[i] for i in rows],
+                  [signals[i] for i in rows]) for index, rows in by_shard.items()]
+        n = len(asset_ids)
+        return Watch(key, n, parts, self.synced, soc=np.full(n, math.nan),
+                     last_seen=np.full(n, math.nan))
+
+    def read(self, watch: Watch) -> Inputs:
+        """What the watched assets report now (state 255: shard down, or asset gone)."""
+        n = watch.size
+        states = np.full(n, 255, np.uint8)
+        values = np.full(n, math.nan)
         core = self.core
-        for index, rows in by_shard.items():
+        share = SLOW_SHARE if watch.fresh else 1.0
+        for index, picked, ids, signals in watch.parts:
             if index < 0 or index in core.down:
                 continue
-            picked = np.array(rows)
-            answer = core.shards[index].call(ControlInputsOf(
-                [asset_ids[i] for i in rows], [signals[i] for i in rows]))
+            shard = core.shards[index]
+            size = len(ids)
+            count = min(size, max(SLOW_MIN, math.ceil(size * share)))
+            lo = (watch.cursor * count) % size if watch.fresh else 0
+            slow = (lo, min(size, lo + count))
+            known = index in watch.held and watch.key != ""
+            answer = shard.call(ControlInputsOf(watch.key, None if known else ids, signals,
+                                                slow))
+            if answer is None:                     # a restarted shard: tell it the members
+                answer = shard.call(ControlInputsOf(watch.key, ids, signals, slow))
+            if answer is None:
+                continue
+            watch.held.add(index)
             states[picked] = np.frombuffer(answer.states, np.uint8)
-            last_seen[picked] = np.array(answer.last_seen, float)
-            values[picked] = _floats(answer.values)
-            soc[picked] = _floats(answer.soc_pct)
-        return Inputs(states, last_seen, values, soc)
+            values[picked] = (np.array(answer.power_w, float) / 1000.0 if answer.values is None
+                              else _floats(answer.values))
+            rows = picked[slow[0]:slow[1]]
+            watch.soc[rows] = _floats(answer.soc_pct)
+            watch.last_seen[rows] = answer.last_seen
+        watch.cursor = watch.cursor + 1 if watch.fresh else 0
+        watch.fresh = True
+        return Inputs(states, watch.last_seen.copy(), values, watch.soc.copy())
+
+    def forget(self, watch: Watch) -> None:
+        core = self.core
+        for index in watch.held:
+            if index not in core.down:
+                core.shards[index].call(ForgetWatch(watch.key))
+        watch.held.clear()
 
     # -- reading --------------------------------------------------------------------------
 

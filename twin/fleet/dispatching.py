@@ -32,7 +32,7 @@ from twin.control.dispatch import (
 from twin.control.states import CommandState
 from twin.control.table import FOLLOW_NOT
 from twin.core.errors import UnknownCommand
-from twin.fleet.control import Control
+from twin.fleet.control import Control, Watch
 from twin.fleet.core import FleetCore
 from twin.store.store import StoreUnavailable
 
@@ -46,15 +46,16 @@ ReportCallback = Callable[[DispatchReport], None]
 class ActiveDispatch:
     """A dispatch plan with what the facade needs to run it: slots, signals, origin code."""
 
-    __slots__ = ("field", "origin", "plan", "signals", "slots")
+    __slots__ = ("field", "origin", "plan", "signals", "slots", "watch")
 
     def __init__(self, plan: DispatchPlan, slots: np.ndarray, field: str,
-                 signals: list[str], origin: int) -> None:
+                 signals: list[str], origin: int, watch: Watch) -> None:
         self.plan = plan
         self.slots = slots
         self.field = field
         self.signals = signals
         self.origin = origin
+        self.watch = watch
 
 
 class Dispatch:
@@ -106,6 +107,7 @@ class Dispatching:
         self.subscribers: list[ReportCallback] = []
         self.unsent: list[DispatchReport] = []
         self._count = 0
+        self._slots: np.ndarray | None = None
         control.on_tick = self.tick
         control.dispatched_slots = self.slots
 
@@ -161,7 +163,9 @@ class Dispatching:
         signals = [table.signal_of(int(s)) or "power_kw" for s in slots.tolist()]
         field = self._setpoint_field(spec.kinds)
         self.active[spec.dispatch_id] = ActiveDispatch(
-            DispatchPlan(spec, members, rated), slots, field, signals, origin)
+            DispatchPlan(spec, members, rated), slots, field, signals, origin,
+            self.control.watch(f"dispatch:{spec.dispatch_id}", members, signals))
+        self._slots = None
 
     def _setpoint_field(self, kinds: tuple[str, ...]) -> str:
         """The one command field the kinds share that sets their power (a dispatch steers
@@ -242,9 +246,11 @@ class Dispatching:
         return out
 
     def slots(self) -> np.ndarray:
-        if not self.active:
-            return np.zeros(0, np.int64)
-        return np.unique(np.concatenate([a.slots for a in self.active.values()]))
+        """Every active dispatch's members' slots, sorted (kept until the set changes)."""
+        if self._slots is None:
+            self._slots = (np.unique(np.concatenate([a.slots for a in self.active.values()]))
+                           if self.active else np.zeros(0, np.int64))
+        return self._slots
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -262,7 +268,10 @@ class Dispatching:
         slots = active.slots
         plan = active.plan
         with control.lock:
-            inputs = control.inputs(plan.asset_ids, active.signals)
+            if active.watch.synced != control.synced:      # the model changed: re-split
+                control.forget(active.watch)
+                active.watch = control.watch(active.watch.key, plan.asset_ids, active.signals)
+            inputs = control.read(active.watch)
             control.judge(slots, now, inputs)
             planned = plan.plan(now, control.options.tick_s, MemberInputs(
                 inputs.states, inputs.last_seen, inputs.values, inputs.soc_pct,
@@ -277,8 +286,11 @@ class Dispatching:
                                  binding=f"store unavailable, no setpoints issued ({error})")
             else:
                 values = planned.setpoints_kw[chosen]
-                batch = table.issue_batch(slots[chosen], values, active.field, now,
-                                          now + plan.spec.lease_s, active.origin)
+                everyone = bool(chosen.all())
+                batch = table.issue_batch(
+                    slots if everyone else slots[chosen], values, active.field, now,
+                    now + plan.spec.lease_s, active.origin,
+                    plan.asset_ids if everyone else None)
                 control.send_batch(batch)
                 acked = np.isin(table.state[slots[chosen]], ACKED)
                 report = replace(report, acknowledged_kw=float(values[acked].sum()))
@@ -306,6 +318,8 @@ class Dispatching:
         plan.status = status
         plan.reason = reason
         del self.active[plan.spec.dispatch_id]
+        self._slots = None
+        control.forget(active.watch)
         self.done[plan.spec.dispatch_id] = plan
         last = plan.last
         final = DispatchReport(

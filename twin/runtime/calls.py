@@ -107,12 +107,22 @@ class Command(ShardCall[ShardOutput]):
 
 
 @dataclass(frozen=True, slots=True)
-class ControlInputsOf(ShardCall[ControlInputs]):
-    asset_ids: Sequence[str]
-    signals: Sequence[str]
+class ControlInputsOf(ShardCall[ControlInputs | None]):
+    key: str
+    asset_ids: Sequence[str] | None
+    signals: Sequence[str] | None
+    slow: tuple[int, int] | None = None
 
-    def run(self, shard: Shard) -> ControlInputs:
-        return shard.control_inputs(self.asset_ids, self.signals)
+    def run(self, shard: Shard) -> ControlInputs | None:
+        return shard.control_inputs(self.key, self.asset_ids, self.signals, self.slow)
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetWatch(ShardCall[None]):
+    key: str
+
+    def run(self, shard: Shard) -> None:
+        shard.forget_watch(self.key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,12 +40,37 @@ class ShardOutput:
 
 @dataclass(frozen=True, slots=True)
 class ControlInputs:
-    """Columns of :meth:`Shard.control_inputs`, index-aligned with the asked asset ids."""
+    """Columns of :meth:`Shard.control_inputs`, index-aligned with the asked asset ids:
+    state codes (255: not on this shard), arrival time of the last sample (NaN: never), power
+    in watts, the followed signal's value (``None``: every followed signal is the power), and
+    state of charge (NaN: unknown). The last two cover only the asked ``slow`` range."""
 
     states: bytes
     last_seen: list[float]
-    values: list[Any]
+    power_w: list[int]
+    values: list[Any] | None
     soc_pct: list[Any]
+
+
+@dataclass(slots=True)
+class _Watch:
+    asset_ids: list[str]
+    signals: list[str]
+    generation: int
+    actors: list[Any]
+    power_only: bool           # every followed signal is the power: read power_w
+
+
+class _Absent:
+    """Stands in for an asset that is not on this shard (moved, decommissioned)."""
+
+    state = 255
+    last_seen = None
+    power_w = 0
+    reported = None
+
+
+_ABSENT = _Absent()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +114,8 @@ class Shard:
         self.partials: dict[str, LeafTally] = {}
         self._dirty: list[LeafTally] = []
         self._transitions: list[Transition] = []
+        self.generation = 0                 # bumped whenever the set of actors changes
+        self.watches: dict[str, _Watch] = {}
 
     def _clock(self) -> float:
         return self.now
@@ -129,6 +156,7 @@ class Shard:
             actor = AssetActor(spec, kinds.get(spec.kind), self, tallies)
             supervisor.adopt(actor)
             self.actors[spec.id] = actor
+        self.generation += 1
 
     def _partials(self, group_names: Iterable[str]) -> list[LeafTally]:
         out = []
@@ -234,18 +262,44 @@ class Shard:
         out.reply = reply
         return out
 
-    def control_inputs(self, asset_ids: Sequence[str], signals: Sequence[str]) -> ControlInputs:
-        """What control needs of these assets, as columns: state codes (255: not here), when
-        each last reported, the reported value of ``signals[i]`` and state of charge."""
-        actors = self.actors
-        picked = [actors.get(a) for a in asset_ids]
+    def control_inputs(self, key: str, asset_ids: Sequence[str] | None,
+                       signals: Sequence[str] | None, slow: tuple[int, int] | None = None
+                       ) -> ControlInputs | None:
+        """What control needs of a set of assets, as columns (see :class:`ControlInputs`).
+
+        A dispatch asks every tick for the same members: the first call (``asset_ids`` given)
+        keeps their actors under ``key``; later calls pass ``None`` and read the kept list.
+        ``None`` back means the key is unknown here (a restarted shard): ask with the ids.
+        State and power are read for all; the slowly changing columns (state of charge, last
+        report time) only for the members in ``slow`` (a range; ``None``: all)."""
+        watch = self.watches.get(key)
+        if asset_ids is not None:
+            followed = list(signals or ())
+            watch = self.watches[key] = _Watch(list(asset_ids), followed, -1, [],
+                                               all(s == "power_kw" for s in followed))
+        elif watch is None:
+            return None
+        if watch.generation != self.generation:
+            actors = self.actors
+            watch.actors = [actors.get(a, _ABSENT) for a in watch.asset_ids]
+            watch.generation = self.generation
+        picked = watch.actors
+        nan = math.nan
         empty: dict[str, Any] = {}
-        reported = [empty if a is None else (a.reported or empty) for a in picked]
+        values = None
+        if not watch.power_only:
+            values = [(a.reported or empty).get(sig, nan)
+                      for a, sig in zip(picked, watch.signals, strict=True)]
+        some = picked if slow is None else picked[slow[0]:slow[1]]
         return ControlInputs(
-            bytes([255 if a is None else a.state for a in picked]),
-            [math.nan if a is None or a.last_seen is None else a.last_seen for a in picked],
-            [r.get(sig, math.nan) for r, sig in zip(reported, signals, strict=True)],
-            [r.get("soc_pct", math.nan) for r in reported])
+            bytes([a.state for a in picked]),
+            [a.last_seen or nan for a in some],
+            [a.power_w for a in picked],
+            values,
+            [(a.reported or empty).get("soc_pct", nan) for a in some])
+
+    def forget_watch(self, key: str) -> None:
+        self.watches.pop(key, None)
 
     def restore_desired(self, asset_id: str, desired: Mapping[str, Any]) -> None:
         """Put back what an accepted command set (a restart replays commands)."""
@@ -279,6 +333,7 @@ class Shard:
         actor.retire()
         self.sites[actor.spec.site][1].release(actor)
         del self.actors[asset_id]
+        self.generation += 1
         return self.collect()
 
     def move_local(self, now: float, spec: AssetSpec, direct_groups: Sequence[str]) -> ShardOutput:
@@ -303,6 +358,7 @@ class Shard:
         self.kernel.stop(actor)
         self.sites[actor.spec.site][1].release(actor)
         del self.actors[asset_id]
+        self.generation += 1
         out = self.collect()
         out.reply = saved
         return out
@@ -316,6 +372,7 @@ class Shard:
         supervisor.adopt(actor)
         actor.join_tallies((tally, *self._partials(direct_groups)))
         self.actors[spec.id] = actor
+        self.generation += 1
         self.kernel.run()                 # messages that waited in its old mailbox
         return self.collect()
 
