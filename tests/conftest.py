@@ -7,6 +7,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pg_private import PrivatePostgres, private_postgres_or_skip
 from pytest_aiohttp.plugin import AiohttpClient
+from store_urls import (
+    BACKENDS,
+    PostgresUnreachable,
+    create_pg_schema,
+    drop_pg_schema,
+    pg_base_url,
+    pg_required,
+    sqlite_url,
+)
 
 from twin import Fleet, FleetModel, VirtualClock
 from twin.web import create_app
@@ -86,3 +95,22 @@ def private_pg() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A store URL: an SQLite file, or a fresh schema on the PostgreSQL test server."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    try:
+        schema = create_pg_schema(pg_base_url())
+    except PostgresUnreachable as error:
+        if pg_required():
+            pytest.fail(f"{error}, and TWIN_REQUIRE_PG=1 requires it", pytrace=False)
+        pytest.skip(f"{error}; set TWIN_TEST_PG_URL to test on PostgreSQL "
+                    f"(TWIN_REQUIRE_PG=1 turns this skip into a failure)")
+    try:
+        yield schema.url
+    finally:
+        drop_pg_schema(schema)

@@ -140,6 +140,18 @@ def test_the_runtime_knows_nothing_of_hosting_store_facade_or_edges() -> None:
                                "twin.cli", "twin.aio", "twin.testing", "sim")) == []
 
 
+def test_control_sits_on_the_core_and_runtime_only() -> None:
+    control = [m for m in MODULES if under(m, "twin.control")]
+    assert len(control) >= 6
+    assert offenders(control, ("twin.hosting", "twin.store", "twin.fleet", "twin.web",
+                               "twin.adapters", "twin.cli", "twin.aio", "twin.testing",
+                               "sim")) == []
+    # the runtime, hosting and store know nothing of control's decisions
+    lower = [m for m in MODULES if under(m, "twin.core", "twin.runtime", "twin.hosting",
+                                         "twin.store", "actors", "supervisors")]
+    assert offenders(lower, ("twin.control",)) == []
+
+
 def test_hosting_and_store_stay_below_the_facade() -> None:
     lower = [m for m in MODULES if under(m, "twin.hosting", "twin.store")]
     assert offenders(lower, ("twin.fleet", "twin.web", "twin.cli", "twin.aio", "sim")) == []

@@ -20,15 +20,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.pool import NullPool
 from store_urls import (
-    BACKENDS,
-    PostgresUnreachable,
     application_name,
     backend_of,
-    create_pg_schema,
-    drop_pg_schema,
-    pg_base_url,
-    pg_required,
-    sqlite_url,
 )
 
 from tests.polling import wait_until
@@ -65,25 +58,6 @@ def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Captured log entries (the writer's retry warnings land here, not on the terminal)."""
     with capture_logs() as entries:
         yield entries
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """A store URL: an SQLite file, or a fresh schema on the PostgreSQL test server."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
-        return
-    try:
-        schema = create_pg_schema(pg_base_url())
-    except PostgresUnreachable as error:
-        if pg_required():
-            pytest.fail(f"{error}, and TWIN_REQUIRE_PG=1 requires it", pytrace=False)
-        pytest.skip(f"{error}; set TWIN_TEST_PG_URL to test on PostgreSQL "
-                    f"(TWIN_REQUIRE_PG=1 turns this skip into a failure)")
-    try:
-        yield schema.url
-    finally:
-        drop_pg_schema(schema)
 
 
 @pytest.fixture

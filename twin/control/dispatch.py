@@ -67,7 +67,8 @@ class DispatchReport:
     ramped_kw: float                   # the target this tick, after the ramp limit
     feasible_kw: float                 # what the eligible assets can deliver of it
     allocated_kw: float                # the sum of the setpoints issued
-    acknowledged_kw: float             # of which the transport acknowledged
+    acknowledged_kw: float             # of which goes to members the transport reaches (their
+                                       # last command, or this one, acknowledged)
     achieved_kw: float                 # the sum of what the members report now
     error_kw: float                    # achieved - ramped
     binding: str                       # what limits the allocation

@@ -38,7 +38,6 @@ FOLLOWING_NAMES: Final = (None, Following.CONVERGED, Following.CONVERGING, Follo
 _OPEN_CODES = np.array(sorted(int(s) for s in OPEN), dtype=np.int8)
 _OPEN_INTS = frozenset(int(s) for s in OPEN)
 _SENT = int(S.SENT)
-_JUDGED = np.array([int(S.DELIVERED), int(S.APPLIED), int(S.NOT_FOLLOWED)], dtype=np.int8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +245,10 @@ class CommandTable:
         self.attempts[slots] = 1
         self.next_try[slots] = now + self.policy.ack_timeout_s
         self.origin[slots] = origin
+        # the settle window starts with the command, unless the asset is already out of
+        # tolerance (then its clock keeps running: see judge)
+        self.out_since[slots] = np.where(np.isnan(self.out_since[slots]), now,
+                                         self.out_since[slots])
 
     def _supersede(self, slots: np.ndarray, now: float) -> None:
         if len(slots) == 1:                    # one command at a time: no set operations

@@ -286,14 +286,16 @@ class Dispatching:
                                  binding=f"store unavailable, no setpoints issued ({error})")
             else:
                 values = planned.setpoints_kw[chosen]
+                # reachable: the last command got through (or this one did, at once)
+                reached = np.isin(table.state[slots[chosen]], ACKED)
                 everyone = bool(chosen.all())
                 batch = table.issue_batch(
                     slots if everyone else slots[chosen], values, active.field, now,
                     now + plan.spec.lease_s, active.origin,
                     plan.asset_ids if everyone else None)
                 control.send_batch(batch)
-                acked = np.isin(table.state[slots[chosen]], ACKED)
-                report = replace(report, acknowledged_kw=float(values[acked].sum()))
+                reached |= np.isin(table.state[slots[chosen]], ACKED)
+                report = replace(report, acknowledged_kw=float(values[reached].sum()))
         self._report(plan, report)
         return report
 
