@@ -298,3 +298,20 @@ def test_a_dispatch_steers_batteries_on_shard_processes(clock: VirtualClock) -> 
         assert report is not None and report.members == 6
         assert report.achieved_kw == pytest.approx(300.0)
         assert plant.setpoints == {f"b-{i}": pytest.approx(50.0) for i in range(6)}
+
+
+def test_devices_that_acknowledge_slower_than_the_tick_are_not_left_out(
+        fleet: Fleet, plant: Plant, transport: RecordingTransport) -> None:
+    dispatch = fleet.dispatch("acme/north", 200.0, duration_s=600)
+    in_flight: list[list[Any]] = []
+    for _ in range(8):
+        in_flight.append(transport.take())
+        if len(in_flight) > 2:                  # each ack arrives two ticks late
+            for delivery in in_flight.pop(0):
+                transport.ack(delivery)
+                plant.setpoints[delivery.asset_id] = delivery.desired["setpoint_kw"]
+        plant.fleet.advance(1)
+        plant.report()
+    report = dispatch.report()
+    assert report is not None and report.excluded == {} and report.eligible == 4
+    assert fleet.metrics()["command_acks_stale"] > 0

@@ -301,8 +301,9 @@ class CommandTable:
 
     # -- acknowledgements -----------------------------------------------------------------
 
-    def slot_of_command(self, command_id: str) -> int | None:
-        """The slot whose *current* command this is (``None``: unknown or no longer current)."""
+    def slot_of_command(self, command_id: str, *, current: bool = True) -> int | None:
+        """The slot whose *current* command this is (``None``: unknown or no longer current;
+        ``current=False``: the slot of any recent command, current or not)."""
         try:
             seq = int(command_id)
         except (TypeError, ValueError):
@@ -313,9 +314,19 @@ class CommandTable:
                 if first <= seq < first + len(slots):
                     slot = int(slots[seq - first])
                     break
-        if slot is None or self.seq[slot] != seq:
+        if slot is None or (current and self.seq[slot] != seq):
             return None
         return slot
+
+    def late_ack(self, command_id: str) -> bool:
+        """An acknowledgement of a command already replaced: not its state, but proof that
+        the transport reaches the asset (a device that acknowledges slower than a dispatch
+        renews its lease is not "not acknowledging")."""
+        slot = self.slot_of_command(command_id, current=False)
+        if slot is None:
+            return False
+        self.unacked[slot] = 0
+        return True
 
     def delivered(self, slot: int, now: float) -> bool:
         if self.state[slot] != S.SENT:

@@ -253,7 +253,10 @@ class Control:
     def delivered(self, command_id: str) -> None:
         with self.lock:
             slot = self.table.slot_of_command(command_id)
-            if slot is None or not self.table.delivered(slot, self.core.clock.now()):
+            if slot is None:
+                self.table.late_ack(command_id)
+                self.counters["acks_stale"] += 1
+            elif not self.table.delivered(slot, self.core.clock.now()):
                 self.counters["acks_stale"] += 1
         self.emit()
 
