@@ -23,9 +23,17 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("Clock", "RealClock", "VirtualClock"), "twin.core.clock"),
     "Transition": "twin.core.states",
     **dict.fromkeys(("AssetUnavailable", "FleetClosed", "IngestError", "InvalidCommand",
-                     "ModelError", "ShardDown", "TwinError", "UnknownAsset", "UnknownPath"),
+                     "ModelError", "ShardDown", "TwinError", "UnknownAsset", "UnknownCommand",
+                     "UnknownPath", "VersionConflict"),
                     "twin.core.errors"),
     "Fleet": "twin.fleet.facade",
+    "ControlOptions": "twin.fleet.control",
+    "Dispatch": "twin.fleet.dispatching",
+    **dict.fromkeys(("DispatchReport", "DispatchSpec"), "twin.control.dispatch"),
+    "RetryPolicy": "twin.control.retry",
+    **dict.fromkeys(("CommandEvent", "CommandRecord"), "twin.control.table"),
+    **dict.fromkeys(("CommandTransport", "Delivery", "DeliveryBatch", "RecordingTransport"),
+                    "twin.control.transport"),
     "PendingChange": "twin.fleet.changes",
     "Subscription": "twin.fleet.subscriptions",
     **dict.fromkeys(("AssetKind", "Battery", "Charger", "Follow", "KindRegistry", "Signal",
@@ -51,9 +59,18 @@ __all__ = [
     "Battery",
     "Charger",
     "Clock",
+    "CommandEvent",
     "CommandReceipt",
+    "CommandRecord",
+    "CommandTransport",
+    "ControlOptions",
     "DecommissionAsset",
     "Defaults",
+    "Delivery",
+    "DeliveryBatch",
+    "Dispatch",
+    "DispatchReport",
+    "DispatchSpec",
     "Fleet",
     "FleetClosed",
     "FleetModel",
@@ -70,6 +87,8 @@ __all__ = [
     "OnExhausted",
     "PendingChange",
     "RealClock",
+    "RecordingTransport",
+    "RetryPolicy",
     "Rollup",
     "Sample",
     "SampleError",
@@ -85,7 +104,9 @@ __all__ = [
     "Turbine",
     "TwinError",
     "UnknownAsset",
+    "UnknownCommand",
     "UnknownPath",
+    "VersionConflict",
     "VirtualClock",
     "change_from_dict",
     "default_kinds",
@@ -108,6 +129,15 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, imported eagerly
     from supervisors import OnExhausted, Strategy, SupervisionPolicy
+    from twin.control.dispatch import DispatchReport, DispatchSpec
+    from twin.control.retry import RetryPolicy
+    from twin.control.table import CommandEvent, CommandRecord
+    from twin.control.transport import (
+        CommandTransport,
+        Delivery,
+        DeliveryBatch,
+        RecordingTransport,
+    )
     from twin.core.changes import (
         AddAsset,
         AddOwner,
@@ -129,7 +159,9 @@ if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, importe
         ShardDown,
         TwinError,
         UnknownAsset,
+        UnknownCommand,
         UnknownPath,
+        VersionConflict,
     )
     from twin.core.kinds import (
         AssetKind,
@@ -148,6 +180,8 @@ if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, importe
     from twin.core.states import Transition
     from twin.core.views import AssetView, CommandReceipt
     from twin.fleet.changes import PendingChange
+    from twin.fleet.control import ControlOptions
+    from twin.fleet.dispatching import Dispatch
     from twin.fleet.facade import Fleet
     from twin.fleet.subscriptions import Subscription
     from twin.store.store import Store, StoreBusy, StoreUnavailable
