@@ -554,6 +554,9 @@ class CommandTable:
         code = int(self.state[slot])
         return None if code == NO_COMMAND else CommandState(code)
 
+    def is_open(self, slot: int) -> bool:
+        return int(self.state[slot]) in _OPEN_INTS
+
     def is_final(self, slot: int) -> bool:
         return int(self.state[slot]) in FINAL
 

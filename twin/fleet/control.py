@@ -45,7 +45,7 @@ from twin.store.store import StoreUnavailable
 
 log = structlog.get_logger("twin.control")
 
-SEQ_BLOCK: Final = 1_000_000        # command numbers reserved in the store per write
+SEQ_BLOCK: Final = 10_000_000       # command numbers reserved in the store per write
 PENDING_ROWS_KEPT: Final = 100_000  # rows held while the store is away, then the oldest go
 SLOW_SHARE: Final = 0.125           # of a watch's state of charge and report times per tick
 SLOW_MIN: Final = 4096              # (at least this many: small fleets are read whole)
@@ -133,6 +133,7 @@ class Control:
         self.store: ControlLog | None = None
         self.reserved = 0
         self.pending = ControlRows([], [], [], [])
+        self.unsent_reverts: list[int] = []    # leases that ended while no number was free
         # set by twin.fleet.dispatching: dispatches judge and steer their own members
         self.on_tick: Callable[[float], None] = lambda now: None
         self.dispatched_slots: Callable[[], np.ndarray] = lambda: np.zeros(0, np.int64)
@@ -229,12 +230,23 @@ class Control:
             return self.table.state_of_command(asset_id, seq)
 
     def reserve(self, count: int) -> None:
-        """Make sure ``count`` more command numbers are reserved in the store."""
+        """Make sure ``count`` more command numbers are reserved in the store
+        (:class:`StoreUnavailable` if they are not). Reserves the next block while half of
+        the current one is left, so a store outage rarely stops commands."""
         table = self.table
-        if self.store is None or table.next_seq + count <= self.reserved:
+        if self.store is None:
+            return
+        left = self.reserved - table.next_seq + 1
+        if left >= count and left >= SEQ_BLOCK // 2:
             return
         upto = table.next_seq + count + SEQ_BLOCK
-        self.store.reserve(upto)
+        try:
+            self.store.reserve(upto)
+        except StoreUnavailable:
+            if left < count:
+                raise
+            log.warning("command_numbers_not_reserved_ahead", left=left)
+            return
         self.reserved = upto
 
     def _send(self, deliveries: Sequence[Delivery]) -> None:
@@ -289,9 +301,15 @@ class Control:
         with self.lock:
             work = table.due(now)
             deliveries = list(work.resend)
-            if work.expired:
-                self.reserve(len(work.expired))
-                deliveries.extend(self._revert(slot, now) for slot in work.expired)
+            reverts = self.unsent_reverts + work.expired
+            try:
+                self.reserve(len(reverts))
+            except StoreUnavailable:          # the devices revert at the lease's end anyway
+                self.unsent_reverts = reverts
+            else:
+                self.unsent_reverts = []
+                deliveries.extend(self._revert(slot, now) for slot in reverts
+                                  if not table.is_open(slot))
             self._send(deliveries)
         self.on_tick(now)             # dispatches judge and steer their own members
         with self.lock:

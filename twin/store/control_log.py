@@ -1,7 +1,7 @@
 """The store's side of control: logged commands and their states, dispatches and their
 reports, and the reserved range of command sequence numbers.
 
-Sequence numbers are reserved in blocks ("hi/lo"): one write per million commands, and a
+Sequence numbers are reserved in blocks ("hi/lo"): one write per ten million commands, and a
 restarted fleet starts past every number it may have handed out, so desired versions only
 grow across restarts without a write per command. Everything else is written in one
 transaction per control tick (or per single command), on the fleet's thread.
