@@ -1,0 +1,1 @@
+"""Control: command leases, convergence, allocation, dispatch."""
