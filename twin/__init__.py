@@ -22,8 +22,8 @@ _EXPORTS: dict[str, str] = {
                     "twin.core.changes"),
     **dict.fromkeys(("Clock", "RealClock", "VirtualClock"), "twin.core.clock"),
     "Transition": "twin.core.states",
-    **dict.fromkeys(("AssetUnavailable", "FleetClosed", "IngestError", "InvalidCommand",
-                     "ModelError", "ShardDown", "TwinError", "UnknownAsset", "UnknownCommand",
+    **dict.fromkeys(("AssetUnavailable", "DispatchConflict", "FleetClosed", "IngestError",
+                     "InvalidCommand", "ModelError", "ShardDown", "TwinError", "UnknownAsset", "UnknownCommand",
                      "UnknownPath", "VersionConflict"),
                     "twin.core.errors"),
     "Fleet": "twin.fleet.facade",
@@ -69,6 +69,7 @@ __all__ = [
     "Delivery",
     "DeliveryBatch",
     "Dispatch",
+    "DispatchConflict",
     "DispatchReport",
     "DispatchSpec",
     "Fleet",
@@ -152,6 +153,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, importe
     from twin.core.clock import Clock, RealClock, VirtualClock
     from twin.core.errors import (
         AssetUnavailable,
+        DispatchConflict,
         FleetClosed,
         IngestError,
         InvalidCommand,

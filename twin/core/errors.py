@@ -51,6 +51,11 @@ class VersionConflict(TwinError):
                          f"version {actual}; read it again and decide anew")
 
 
+class DispatchConflict(TwinError, ValueError):
+    """A dispatch was refused: some of its assets are already in an active dispatch, or it
+    has ended and can no longer be changed."""
+
+
 class UnknownCommand(TwinError, LookupError):
     """No command or dispatch of that id is known to this fleet."""
 

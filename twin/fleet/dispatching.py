@@ -31,7 +31,7 @@ from twin.control.dispatch import (
 )
 from twin.control.states import CommandState
 from twin.control.table import FOLLOW_NOT
-from twin.core.errors import UnknownCommand
+from twin.core.errors import DispatchConflict, UnknownCommand
 from twin.fleet.control import Control, Watch
 from twin.fleet.core import FleetCore
 from twin.store.store import StoreUnavailable
@@ -137,7 +137,7 @@ class Dispatching:
                 for a in active.plan.asset_ids if a in set(members)]
         if busy:
             shown = ", ".join(f"{a} (in {d})" for a, d in busy[:5])
-            raise ValueError(f"{len(busy)} of the assets under {path!r} are already in an "
+            raise DispatchConflict(f"{len(busy)} of the assets under {path!r} are already in an "
                              f"active dispatch: {shown}; cancel it or dispatch a disjoint path")
         now = core.clock.now()
         self._count += 1
@@ -217,7 +217,8 @@ class Dispatching:
         active = self.active.get(dispatch_id)
         if active is None:
             if dispatch_id in self.done:
-                raise ValueError(f"dispatch {dispatch_id!r} is {self.done[dispatch_id].status}"
+                raise DispatchConflict(f"dispatch {dispatch_id!r} is "
+                                       f"{self.done[dispatch_id].status}"
                                  f" ({self.done[dispatch_id].reason}); start a new one")
             raise UnknownCommand("dispatch", dispatch_id)
         return active
