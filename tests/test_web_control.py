@@ -237,17 +237,19 @@ async def test_posting_a_dispatch_answers_201_with_its_first_report(
 
 
 async def test_dispatch_fields_are_checked_and_named(client: TestClient) -> None:
-    ok = {"path": "acme", "target_kw": 1000, "duration_s": 600}
-    for change, field, value in [({"target_kw": "lots"}, "target_kw", "lots"),
-                                 ({"duration_s": -5}, "duration_s", -5),
-                                 ({"duration_s": 0}, "duration_s", 0),
-                                 ({"lease_s": 0}, "lease_s", 0),
-                                 ({"ramp_kw_per_s": -1}, "ramp_kw_per_s", -1),
-                                 ({"flip_threshold_kw": -1}, "flip_threshold_kw", -1),
-                                 ({"strategy": "max"}, "strategy", "max"),
-                                 ({"kinds": "battery"}, "kinds", "battery"),
-                                 ({"kinds": []}, "kinds", "[]"),
-                                 ({"path": 7}, "path", 7)]:
+    ok: dict[str, Any] = {"path": "acme", "target_kw": 1000, "duration_s": 600}
+    bad: list[tuple[dict[str, Any], str, Any]] = [
+        ({"target_kw": "lots"}, "target_kw", "lots"),
+        ({"duration_s": -5}, "duration_s", -5),
+        ({"duration_s": 0}, "duration_s", 0),
+        ({"lease_s": 0}, "lease_s", 0),
+        ({"ramp_kw_per_s": -1}, "ramp_kw_per_s", -1),
+        ({"flip_threshold_kw": -1}, "flip_threshold_kw", -1),
+        ({"strategy": "max"}, "strategy", "max"),
+        ({"kinds": "battery"}, "kinds", "battery"),
+        ({"kinds": []}, "kinds", "[]"),
+        ({"path": 7}, "path", 7)]
+    for change, field, value in bad:
         body = await refused(await client.post("/api/dispatch", json={**ok, **change}), 400,
                              field)
         assert (body["field"], body["value"]) == (field, value)
