@@ -3,7 +3,8 @@
     .venv/bin/python docs/make_screenshot.py [--out docs/live-view.png]
 
 Runs about 70 assets for ten minutes of virtual time (a few never report, a few fall silent
-part-way, one crash-loops into quarantine), serves the live view on a free port, drills into
+part-way, one crash-loops into quarantine), then dispatches acme's batteries for a quarter of
+a minute (one of them ignores its setpoint), serves the live view on a free port, drills into
 a site with a missing asset, and has Debian's Chromium (headless, driven by Playwright) take
 the picture. Deterministic for a seed.
 """
@@ -21,6 +22,7 @@ import structlog
 from playwright.sync_api import expect, sync_playwright
 
 from twin import Fleet, FleetModel, Sample, VirtualClock
+from twin.control.transport import RecordingTransport
 from twin.web import LiveServer
 
 START = 1767225600.0     # 2026-01-01T00:00:00Z
@@ -73,34 +75,61 @@ def main() -> None:
     never = set(rng.sample(ids, 4))
     drop_at = {a: rng.uniform(120, 500) for a in rng.sample(sorted(set(ids) - never), 5)}
     crashy = rng.choice(sorted(set(ids) - never - set(drop_at)))
-    with Fleet(model, clock=clock, seed=args.seed) as fleet, \
+    batteries = [a for a in ids if model.assets[a].kind == "battery" and a not in never
+                 and a not in drop_at and a != crashy
+                 and model.sites[model.assets[a].site].owner == "acme"]
+    stubborn = batteries[0]                     # acknowledges, but charges when told not to
+
+    def report(t: float) -> None:
+        samples = []
+        for a in ids:
+            if a in never or drop_at.get(a, math.inf) <= t:
+                continue
+            value = power(model.assets[a].kind, model.assets[a].rated_kw, t, rng)
+            if a == stubborn:
+                value = -2.0
+            elif a in batteries:
+                value = fleet.asset(a).desired.get("setpoint_kw", value)
+            samples.append(Sample(a, clock.now(), {"power_kw": value, **(
+                {"soc_pct": 60.0} if a in batteries else {})}))
+        fleet.ingest(samples)
+
+    with Fleet(model, clock=clock, seed=args.seed,
+               transport=RecordingTransport(auto_ack=True)) as fleet, \
             LiveServer(fleet, port=0) as server:       # attached first: it samples the sparklines
         for step in range(60):                  # ten minutes, a report every 10 s
-            t = step * 10.0
-            fleet.ingest([Sample(a, clock.now(), {"power_kw": power(
-                model.assets[a].kind, model.assets[a].rated_kw, t, rng)})
-                for a in ids if a not in never and drop_at.get(a, math.inf) > t])
+            report(step * 10.0)
             if step in (20, 21, 22, 23):
                 fleet.inject_fault(crashy, "firmware parser bug")
             fleet.advance(10)
+        dispatch = fleet.dispatch("acme", 40.0, duration_s=3600)
+        for second in range(15):               # a control tick a second
+            report(600.0 + second)
+            fleet.advance(1)
         site = next(s.path for s in model.sites.values()
                     if any(a in drop_at for a in s.assets))
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                 headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 1600, "height": 820})
-                page.goto(server.url)
-                row = page.locator(f'tr[data-path="{site}"]')
-                expect(row.locator("td.reporting")).to_contain_text("/", timeout=10_000)
-                row.locator("td.name").click()
-                expect(page.locator("#assets tbody tr").first).to_be_visible()
-                expect(page.locator("#transitions li").first).to_contain_text("went")
-                expect(page.locator("#clock")).to_contain_text("UTC")
-                page.screenshot(path=args.out, full_page=True)
-            finally:
-                browser.close()
+        shoot(server.url, site, dispatch.id, args.out)
     print(f"wrote {args.out} (site {site} drilled down)")
+
+
+def shoot(url: str, site: str, dispatch_id: str, out: str) -> None:
+    """Open the page, drill into ``site``, wait for the dispatch's row, take the picture."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 820})
+            page.goto(url)
+            row = page.locator(f'tr[data-path="{site}"]')
+            expect(row.locator("td.reporting")).to_contain_text("/", timeout=10_000)
+            row.locator("td.name").click()
+            expect(page.locator("#assets tbody tr").first).to_be_visible()
+            expect(page.locator("#transitions li").first).to_contain_text("went")
+            expect(page.locator("#clock")).to_contain_text("UTC")
+            expect(page.locator(f'#dispatches tr[data-dispatch="{dispatch_id}"]')).to_be_visible()
+            page.screenshot(path=out, full_page=True)
+        finally:
+            browser.close()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ The data path, and why each hop is bounded:
    (``_incoming``); only the first change since the last drain schedules a drain on the
    server's loop (``call_soon_threadsafe``), so a busy fleet cannot flood the loop.
 2. On the loop, :meth:`LiveHub._drain` hands each changed roll-up to the clients watching
-   its path, and to nobody else.
+   its path, and to nobody else. Dispatch reports travel the same way (``_on_report``, a
+   slot per dispatch) into a :class:`~twin.web.dispatches.DispatchBook`, whose one message
+   every client gets.
 3. Each client has a :class:`Coalescer`: latest-value slots flushed by the client's own task,
    at most ``rate_hz`` times per second per slot. A slow client (its socket's buffer full)
    holds up only its own task; meanwhile newer values replace older ones in its slots, so it
@@ -28,12 +30,14 @@ from typing import Any, TypeVar
 
 import structlog
 
+from twin.control.dispatch import DispatchReport
 from twin.core.errors import FleetClosed, TwinError
 from twin.core.rollup import Rollup
 from twin.core.states import Transition
 from twin.fleet.facade import Fleet
-from twin.fleet.subscriptions import Subscription
+from twin.fleet.subscriptions import StreamSubscription, Subscription
 from twin.web.coalesce import Coalescer
+from twin.web.dispatches import DispatchBook
 from twin.web.history import History
 from twin.web.messages import asset_views, encode, rollup_dict, tree_nodes
 
@@ -60,6 +64,8 @@ class LiveClient:
         for key, value in batch:
             if key.startswith("rollup:"):
                 texts.append(self.hub.rollup_text(value))
+            elif key == "dispatches":
+                texts.append(self.hub.dispatches.text())
             else:
                 message = await self.hub.render(self, key, value)
                 if message is not None:
@@ -75,7 +81,8 @@ class LiveClient:
 
 class LiveHub:
     """Everything the websocket clients of one fleet share: its subscriptions, the latest
-    roll-up of every node, the sparkline history, recent transitions, readiness."""
+    roll-up of every node, the sparkline history, recent transitions, the active
+    dispatches, readiness."""
 
     def __init__(self, fleet: Fleet, executor: Executor, *, history: History | None = None,
                  rate_hz: float = 4.0, tick_s: float = 1.0, missing_shown: int = 50,
@@ -99,6 +106,9 @@ class LiveHub:
         self._model_version = -1
         self._transitions: list[Transition] = []
         self._incoming: dict[str, Rollup] = {}
+        self._incoming_reports: dict[str, DispatchReport] = {}
+        self.dispatches = DispatchBook()
+        self._dispatch_sub: StreamSubscription | None = None
         self._incoming_lock = threading.Lock()
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,6 +123,7 @@ class LiveHub:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._attach()
+        await self._watch_dispatches()
         self._transitions_due.set()
         self._tasks = [asyncio.create_task(self._transitions_loop(), name="twin-web-transitions"),
                        asyncio.create_task(self._tick_loop(), name="twin-web-tick")]
@@ -123,7 +134,10 @@ class LiveHub:
         for task in [*self._tasks, *([self._probe] if self._probe else [])]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        subs, self._subs = list(self._subs.values()), {}
+        subs: list[Subscription | StreamSubscription] = list(self._subs.values())
+        if self._dispatch_sub is not None:
+            subs.append(self._dispatch_sub)
+        self._subs, self._dispatch_sub = {}, None
         # cancelling takes the fleet's lock: off the loop (safe after the fleet closed too)
         await self.call(_cancel_all, subs)
 
@@ -144,6 +158,13 @@ class LiveHub:
                 client.paths.discard(path)
                 client.slots.discard(f"rollup:{path}")
         self.latest.update(rollups)
+
+    async def _watch_dispatches(self) -> None:
+        """Stream dispatch reports, then look at the dispatches already running (the book
+        keeps the newer of the two when they cross)."""
+        self._dispatch_sub = await self.call(self.fleet.subscribe_dispatches, self._on_report)
+        for report in await self.call(_active_reports, self.fleet):
+            self.dispatches.apply(report)
 
     def _subscribe_all(self) -> tuple[int, list[dict[str, Any]], dict[str, Rollup]]:
         fleet = self.fleet
@@ -166,7 +187,19 @@ class LiveHub:
             self._incoming[rollup.path] = rollup
             schedule = not self._drain_scheduled
             self._drain_scheduled = True
-        if schedule and self._loop is not None:
+        if schedule:
+            self._schedule_drain()
+
+    def _on_report(self, report: DispatchReport) -> None:
+        with self._incoming_lock:
+            self._incoming_reports[report.dispatch_id] = report   # the stream is in order
+            schedule = not self._drain_scheduled
+            self._drain_scheduled = True
+        if schedule:
+            self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if self._loop is not None:
             with contextlib.suppress(RuntimeError):   # the loop is gone: nobody to tell
                 self._loop.call_soon_threadsafe(self._drain)
 
@@ -175,7 +208,12 @@ class LiveHub:
     def _drain(self) -> None:
         with self._incoming_lock:
             incoming, self._incoming = self._incoming, {}
+            reports, self._incoming_reports = self._incoming_reports, {}
             self._drain_scheduled = False
+        changed = [self.dispatches.apply(report) for report in reports.values()]
+        if any(changed):
+            for client in self.clients:
+                client.slots.put("dispatches", None)     # the book holds the message
         self.updates_in += len(incoming)
         for path, rollup in incoming.items():
             self.latest[path] = rollup
@@ -192,6 +230,7 @@ class LiveHub:
         client.slots.put("clock", self.fleet.clock.now())
         client.slots.put("tree", self.tree)
         client.slots.put("transitions", self._transitions)
+        client.slots.put("dispatches", None)
         return client
 
     def disconnect(self, client: LiveClient) -> None:
@@ -339,9 +378,14 @@ class LiveHub:
             self.ready, self.not_ready_reason = True, ""
 
 
-def _cancel_all(subs: list[Subscription]) -> None:
+def _cancel_all(subs: list[Subscription | StreamSubscription]) -> None:
     for sub in subs:
         sub.cancel()
+
+
+def _active_reports(fleet: Fleet) -> list[DispatchReport]:
+    return [report for d in fleet.dispatches(active_only=True)
+            if (report := d.report()) is not None]
 
 
 def _paths(message: dict[str, Any]) -> list[str]:

@@ -1,13 +1,16 @@
-"""The live view's JSON: roll-ups, asset views and the tree as the page and the API get them."""
+"""The live view's JSON: roll-ups, asset views, dispatch reports and the tree as the page and
+the API get them."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
+from twin.control.dispatch import DispatchReport
 from twin.core.model import FleetModel
 from twin.core.rollup import Rollup
 from twin.core.samples import IngestReport, brief
@@ -21,12 +24,19 @@ def encode(message: dict[str, Any]) -> str:
 
 
 def rollup_dict(rollup: Rollup, missing_shown: int) -> dict[str, Any]:
-    """A roll-up as JSON, its missing list cut to ``missing_shown`` ids (the count stays)."""
+    """A roll-up as JSON, its lists of missing and of not-following ids cut to
+    ``missing_shown`` (the counts, ``missing_count`` and ``not_following``, stay whole)."""
     out = rollup.to_dict(with_missing=False)
     missing = rollup.missing
     out["missing"] = list(missing[:missing_shown])
     out["missing_count"] = len(missing)
+    out["not_following_ids"] = list(rollup.not_following[:missing_shown])
     return out
+
+
+def dispatches_message(reports: Iterable[DispatchReport]) -> dict[str, Any]:
+    """The active dispatches' latest reports, as the page's panel shows them."""
+    return {"type": "dispatches", "items": [jsonable(r.to_dict()) for r in reports]}
 
 
 def asset_views(fleet: Fleet, site_path: str) -> list[dict[str, Any]]:

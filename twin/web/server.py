@@ -1,4 +1,5 @@
-"""The live view's aiohttp application: page, websocket, REST, metrics, probes.
+"""The live view's aiohttp application: page, websocket, REST, metrics, probes (the control
+endpoints are in :mod:`twin.web.control`).
 
 ``create_app(fleet)`` builds the application (tests drive it with aiohttp's test client);
 :class:`LiveServer` runs it on a thread of its own, with its own event loop, beside a running
@@ -34,6 +35,7 @@ from twin.web.auth import (
     check_token,
     token_matches,
 )
+from twin.web.control import ControlApi
 from twin.web.history import History
 from twin.web.live import LiveHub
 from twin.web.messages import jsonable, report_body
@@ -86,6 +88,7 @@ def create_app(fleet: Fleet, *, token: str | None = None, host: str = "127.0.0.1
     app.router.add_get("/api/rollups/{path:.+}", _rollup)
     app.router.add_get("/api/assets/{asset_id}", _asset)
     app.router.add_post("/api/ingest", _ingest)
+    ControlApi(fleet, hub.call).add_routes(app.router)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -1,7 +1,7 @@
 // twin live view: the fleet tree, live over one websocket. No framework, no build step.
-// Protocol (docs/live-view.md): the server sends tree, rollup, assets, transitions, clock and
-// error messages; we send subscribe/unsubscribe for the rows on screen and site for the
-// drilled-down site.
+// Protocol (docs/live-view.md): the server sends tree, rollup, assets, transitions, dispatches,
+// clock and error messages; we send subscribe/unsubscribe for the rows on screen and site for
+// the drilled-down site.
 "use strict";
 
 const state = {
@@ -170,6 +170,14 @@ function renderRow(entry) {
   const more = r.missing_count - Math.min(4, r.missing.length);
   cells[8].textContent = shown + (more > 0 ? `, +${more}` : "");
   cells[8].title = r.missing.join(", ") + (r.missing_count > r.missing.length ? ", …" : "");
+  // reporting, but not doing what they were asked: under the missing, only when there are some
+  if (r.not_following) {
+    const ids = r.not_following_ids || [];
+    const following = el("span", "following", `${r.not_following} not following`);
+    following.title = `not following their setpoint: ${ids.join(", ")}` +
+                      (r.not_following > ids.length ? ", …" : "");
+    cells[8].appendChild(following);
+  }
 }
 
 function sparkline(history, rollup) {
@@ -257,7 +265,12 @@ function renderAssets() {
     row.appendChild(seenCell);
     row.appendChild(reportedCell(a, seen, online));
     const desired = Object.entries(a.desired).map(([k, v]) => `${k}=${kw(v)}`).join(", ");
-    row.appendChild(el("td", "num desired" + (desired ? "" : " zero"), desired || "–"));
+    const wayward = a.following === "not_following";
+    const desiredCell = el("td", "num desired" + (desired ? "" : " zero") +
+                           (wayward ? " not-following" : ""), desired || "–");
+    if (a.following) desiredCell.title = wayward
+      ? "the asset does not follow this setpoint" : `setpoint ${a.following}`;
+    row.appendChild(desiredCell);
     row.appendChild(el("td", "num expected", kw(a.expected.rated_kw)));
     row.appendChild(qualityCell(a.quality));
     body.appendChild(row);
@@ -290,6 +303,42 @@ function qualityCell(quality) {
     cell.appendChild(el("span", name === "accepted" ? "" : "bad", `${n} ${name}`));
   });
   return cell;
+}
+
+// -- dispatches -------------------------------------------------------------------------------
+
+function renderDispatches(items) {
+  $("#dispatch-panel").hidden = !items.length;
+  const body = $("#dispatches tbody");
+  body.replaceChildren();
+  for (const d of items) {
+    const row = el("tr");
+    row.dataset.dispatch = d.dispatch_id;
+    row.appendChild(el("td", "id", d.dispatch_id));
+    row.appendChild(el("td", "path", d.path));
+    const target = el("td", "num target", kw(d.ramped_kw));
+    if (d.target_kw !== d.ramped_kw) target.appendChild(el("span", "ramp", ` → ${kw(d.target_kw)}`));
+    row.appendChild(target);
+    // off target by more than 5 %: said in colour and in the tooltip, with the error
+    const off = Math.abs(d.error_kw) > 0.05 * Math.abs(d.ramped_kw) + 0.1;
+    const achieved = el("td", "num achieved" + (off ? " off" : ""), kw(d.achieved_kw));
+    achieved.title = `error ${kw(d.error_kw)} kW`;
+    row.appendChild(achieved);
+    const allocated = el("td", "num allocated" + (d.ok ? "" : " short"), kw(d.allocated_kw));
+    allocated.title = d.ok ? `to ${d.allocated} assets`
+      : `to ${d.allocated} assets: does not cover the target (feasible ${kw(d.feasible_kw)} kW)`;
+    row.appendChild(allocated);
+    row.appendChild(el("td", "num eligible", `${d.eligible}/${d.members}`));
+    row.appendChild(el("td", "binding" + (d.binding === "none" ? " zero" : ""),
+                       d.binding === "none" ? "–" : d.binding));
+    const counts = Object.entries(d.excluded_counts);
+    const excluded = el("td", "excluded" + (counts.length ? "" : " zero"),
+                        counts.length ? counts.map(([why, n]) => `${n} ${why}`).join(", ") : "–");
+    excluded.title = Object.entries(d.excluded).map(([why, ids]) => `${why}: ${ids.join(", ")}`)
+      .join("\n");
+    row.appendChild(excluded);
+    body.appendChild(row);
+  }
 }
 
 // -- transitions ----------------------------------------------------------------------------
@@ -330,6 +379,7 @@ const handlers = {
   },
   assets(m) { state.now = m.now; state.assets = m; renderAssets(); },
   transitions(m) { renderTransitions(m.items); },
+  dispatches(m) { renderDispatches(m.items); },
   clock(m) { state.now = m.now; $("#clock").textContent = clockText(m.now); renderAssets(); },
   error(m) { setStatus(`server: ${m.message}`, "down"); },
   batch(m) { for (const message of m.messages) dispatch(message); },
