@@ -217,9 +217,9 @@ class Dispatching:
         active = self.active.get(dispatch_id)
         if active is None:
             if dispatch_id in self.done:
-                raise DispatchConflict(f"dispatch {dispatch_id!r} is "
-                                       f"{self.done[dispatch_id].status}"
-                                 f" ({self.done[dispatch_id].reason}); start a new one")
+                ended = self.done[dispatch_id]
+                raise DispatchConflict(f"dispatch {dispatch_id!r} is {ended.status} "
+                                       f"({ended.reason}); start a new one")
             raise UnknownCommand("dispatch", dispatch_id)
         return active
 

@@ -36,6 +36,7 @@ from aiohttp import web
 from twin.control.dispatch import STRATEGIES
 from twin.core.errors import (
     AssetUnavailable,
+    DispatchConflict,
     FleetClosed,
     ShardDown,
     UnknownAsset,
@@ -59,9 +60,6 @@ COMMANDS_LIMIT_MAX: Final = 100_000
 DISPATCH_FIELDS: Final = {"path": True, "target_kw": True, "duration_s": True, "kinds": False,
                           "ramp_kw_per_s": False, "strategy": False, "lease_s": False,
                           "flip_threshold_kw": False}
-# the fleet refuses overlapping dispatches with a ValueError that says so; until it raises a
-# type of its own for it, these words tell that conflict (409) from a bad field (400)
-_BUSY_WORDS: Final = "already in an active dispatch"
 
 
 class Refused(Exception):
@@ -104,9 +102,9 @@ def refusal(error: Exception) -> Refused | None:
         return Refused(503, f"not accepted: {error}", retry_after=5)
     if isinstance(error, FleetClosed):
         return Refused(503, str(error))
+    if isinstance(error, DispatchConflict):   # overlapping, or already ended
+        return Refused(409, str(error))
     if isinstance(error, ValueError):      # InvalidCommand, ModelError, a bad number
-        if _BUSY_WORDS in str(error):
-            return Refused(409, str(error))
         return Refused(400, str(error))
     return None
 
@@ -274,15 +272,11 @@ def dispatch_dict(dispatch: Dispatch) -> dict[str, Any]:
 
 
 def _while_active(dispatch: Dispatch, change: Callable[[], object]) -> None:
-    """Run ``change``; a dispatch that has ended by then is a conflict (409), not a bad
-    request (the fleet raises ``ValueError`` for both)."""
+    """Run ``change``; a dispatch that has ended by then is a conflict (409)."""
     try:
         change()
-    except ValueError as error:
-        status = dispatch.status
-        if status != "active":
-            raise Refused(409, str(error), id=dispatch.id, status=status) from None
-        raise
+    except DispatchConflict as error:
+        raise Refused(409, str(error), id=dispatch.id, status=dispatch.status) from None
 
 
 # -- reading requests -----------------------------------------------------------------------
