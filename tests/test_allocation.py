@@ -24,7 +24,7 @@ from twin.control.allocation import (
     allocate,
 )
 
-SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None)
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 
 LIMIT = st.one_of(st.sampled_from([0.0, 0.5, 2.5, 5.0, 5.0, 100.0]),
                   st.floats(min_value=0.0, max_value=1e4))
