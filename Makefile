@@ -29,6 +29,7 @@ bench: $(STAMP) ## run the benchmarks and print their tables (BENCH_ARGS=--quick
 	$(BIN)/python bench/bench_core.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_ingest.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_multiproc.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_allocation.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_control.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff and mypy

@@ -373,7 +373,8 @@ class Fleet:
         """Stop the ticker, write what the store still has queued, stop the actor system.
         Safe to call twice."""
         core = self._core
-        with core.lock:
+        core.hosting.closing.set()    # a call in flight (the ticker's) ends now, not at its
+        with core.lock:               # deadline: it may be waiting on a process gone too
             if core.closed:
                 return
             core.closed = True

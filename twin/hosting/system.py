@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -33,7 +34,7 @@ import structlog
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from supervisors import SupervisionPolicy
-from twin.core.errors import ShardDown, TwinError
+from twin.core.errors import FleetClosed, ShardDown, TwinError
 from twin.core.states import ShardStatus
 from twin.hosting.host_actors import (
     LOCAL,
@@ -97,6 +98,7 @@ class Hosting:
                             f"machines join over TCP), not {system_base!r}")
         placement = tuple(nodes[i % len(nodes)] for i in range(shards)) if nodes else ()
         self.timeout_s = timeout_s
+        self.closing = threading.Event()     # set by close(): calls in flight give up at once
         self.admin_port = None if self.embedded else (admin_port or free_port())
         capabilities = {} if self.embedded else {"Admin Port": self.admin_port,
                                                  NODE_CAPABILITY: LOCAL}
@@ -199,6 +201,10 @@ class Hosting:
         replies: dict[int, ShardReply] = {}
         deadline = time.monotonic() + self.timeout_s
         while waiting:
+            if self.closing.is_set():
+                # the processes may be gone with no one left to say so (a stop signal to
+                # every process): do not wait out the call's deadline
+                raise FleetClosed("the fleet is closing; the call was given up")
             for call_id, index in list(waiting.items()):
                 error = self._gone(index)
                 if error is not None:
