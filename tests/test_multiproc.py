@@ -269,3 +269,48 @@ def test_a_killed_fleet_process_takes_its_shard_processes_with_it() -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def lock_held_elsewhere(fleet: Fleet) -> bool:
+    lock = fleet._core.lock
+    if lock.acquire(blocking=False):
+        lock.release()
+        return False
+    return True
+
+
+def test_close_ends_a_call_in_flight_at_once_instead_of_at_its_deadline(
+        open_fleet: OpenFleet) -> None:
+    """A stop signal may take the processes that would say a shard is gone with it: a call
+    waiting on such a shard must not hold ``close`` for its whole deadline (60 s)."""
+    import threading
+
+    from twin import FleetClosed
+
+    fleet = open_fleet(store=False)
+    pid = fleet.shards()[0]["pid"]
+    asset = next(a for a, s in fleet.model.assets.items()
+                 if fleet.placement[s.site] == 0)
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            fleet.asset(asset)
+            outcome.append(None)
+        except BaseException as error:        # what the waiting caller gets
+            outcome.append(error)
+
+    os.kill(pid, signal.SIGSTOP)              # alive, silent: its supervisor sees it running
+    try:
+        caller = threading.Thread(target=ask)
+        caller.start()
+        wait_until(lambda: lock_held_elsewhere(fleet), timeout_s=10)   # the call waits
+        started = time.monotonic()
+        closer = threading.Thread(target=fleet.close)
+        closer.start()
+        caller.join(timeout=10)
+        assert not caller.is_alive() and time.monotonic() - started < 5
+        assert isinstance(outcome[0], FleetClosed), outcome
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        closer.join(timeout=60)
