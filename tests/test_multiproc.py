@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from supervisors import SupervisionPolicy
 from tests.polling import wait_until
-from twin import AddAsset, Fleet, FleetModel, Sample, VirtualClock
+from twin import AddAsset, Fleet, FleetClosed, FleetModel, Sample, VirtualClock
 from twin.core.errors import ShardDown
 from twin.testing import capture_logs, fleet_dict
 
@@ -283,10 +284,6 @@ def test_close_ends_a_call_in_flight_at_once_instead_of_at_its_deadline(
         open_fleet: OpenFleet) -> None:
     """A stop signal may take the processes that would say a shard is gone with it: a call
     waiting on such a shard must not hold ``close`` for its whole deadline (60 s)."""
-    import threading
-
-    from twin import FleetClosed
-
     fleet = open_fleet(store=False)
     pid = fleet.shards()[0]["pid"]
     asset = next(a for a, s in fleet.model.assets.items()
