@@ -164,11 +164,13 @@ class Injector:
         if "dropout" in names and dev.due(t) and dev.may_lose(t):
             dev.note_report(t, reading)
             self.applied["dropout"] += 1
+            dev.lost_report_at = t
             reported = True
         if "anomalous" in names and not reported and dev.may_lose(t):
             em.emit(dev, self._bad_value(dev, reading), BAD_VALUE, dev.stamp(t))
             dev.note_report(t, reading)
             self.applied["anomalous"] += 1
+            dev.lost_report_at = t
             reported = True
         if not reported and dev.due(t):
             dev.note_report(t, reading)
