@@ -177,7 +177,8 @@ def default_schedule(model: FleetModel, duration_s: float) -> tuple[ScheduledDis
         if rated > 0:
             lo, hi = DEFAULT_WINDOW
             return (ScheduledDispatch(path, round(DEFAULT_SHARE * rated, 1),
-                                      math.floor(lo * duration_s), math.floor(hi * duration_s)),)
+                                      float(math.floor(lo * duration_s)),
+                                      float(math.floor(hi * duration_s))),)
     return ()
 
 

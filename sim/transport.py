@@ -72,8 +72,7 @@ class ControlFaults:
         lo, hi = self.window
         return {"rejecting": sorted(self.rejecting), "ignoring": sorted(self.ignoring),
                 "acks_late": sorted(self.late),
-                "ignore_window_s": [None if math.isinf(lo) else lo - start,
-                                    None if math.isinf(hi) else hi - start]}
+                "ignore_window_s": None if math.isinf(lo) else [lo - start, hi - start]}
 
 
 class SimTransport(CommandTransport):
