@@ -11,8 +11,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from twin import TwinError
+
+if TYPE_CHECKING:
+    from sim.schedule import ScheduledDispatch
 from twin.fleetgen import DEFAULT_REPORT_EVERY, KINDS
 
 START = 1767225600.0     # 2026-01-01T00:00:00Z: every run starts here, so runs repeat exactly
@@ -46,8 +50,12 @@ class SimConfig:
     batch_size: int = 2000
     report_every: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_REPORT_EVERY))
     deadband: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_DEADBAND))
-    dispatch_every_s: float = 900.0      # how often the control application re-plans batteries
     store: str | None = None
+    # fleet dispatches to start (sim.schedule); None: the default schedule, (): none
+    dispatches: tuple[ScheduledDispatch, ...] | None = None
+    # how long a battery may stay off its setpoint before the runtime finds it not following;
+    # None: the kind's dead time + settle time + one step (devices report once a step)
+    follow_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.fleet_path is None and self.assets < 1:
@@ -66,6 +74,9 @@ class SimConfig:
                                  f"got {self.duration_s:g} s")
         if self.batch_size < 1:
             raise SimConfigError(f"--batch: expected at least 1, got {self.batch_size}")
+        if self.follow_timeout_s is not None and not self.follow_timeout_s > 0:
+            raise SimConfigError(f"follow_timeout_s: expected a positive number of seconds, "
+                                 f"got {self.follow_timeout_s!r}")
         if self.speed is not None and not self.speed > 0:
             raise SimConfigError(f"--speed: expected a positive factor or 'max', got {self.speed}")
 

@@ -34,6 +34,7 @@ class Device:
         "kind",
         "last_crash",
         "last_report_t",
+        "lost_report_at",
         "never_up",
         "offline_until",
         "offset_s",
@@ -69,6 +70,7 @@ class Device:
         self.stuck_until = -math.inf
         self.stuck_reading: dict[str, Any] | None = None
         self.last_report_t = -math.inf
+        self.lost_report_at = -math.inf   # a report lost on the way (dropout, bad value)
         self.sent_power = math.nan
         self.sent_setpoint = math.nan
         self.sent_active = False

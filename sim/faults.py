@@ -2,7 +2,8 @@
 
 A plan comes from a preset (``default``, ``none``) or a JSON file (format in
 ``docs/simulator.md``). Every fault a file leaves out is off. Event rates are per asset and
-hour of simulated time; :func:`poisson` turns a rate into a count per step.
+hour of simulated time; :func:`poisson` turns a rate into a count per step. The control faults
+act on commands: lost on the way, acknowledged late, acknowledged but not followed, rejected.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from sim.config import SimConfigError
 
 # fault name → {setting: (kind, default)}; kinds: rate (>= 0 per asset-hour), fraction (0..1),
-# positive (> 0), count (int >= 1), range ([lo, hi] positive, lo <= hi), lengths (positive list)
+# positive (> 0), count (int >= 1), range ([lo, hi] positive, lo <= hi), lengths (positive list),
+# window (null: the whole run, or [start, end] seconds into it), reason (a short text)
 _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "dropout": {"per_asset_hour": ("rate", 0.0)},
     "offline": {"per_asset_hour": ("rate", 0.0), "lengths_s": ("lengths", [60, 300, 900, 1800])},
@@ -36,7 +38,15 @@ _SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "malformed": {"per_asset_hour": ("rate", 0.0)},
     "crash": {"per_asset_hour": ("rate", 0.0)},
     "crash_loop": {"per_asset_hour": ("rate", 0.0), "quarantine_s": ("positive", 600.0)},
+    # control: what happens to the runtime's commands on their way to batteries and back
+    "command_loss": {"probability": ("fraction", 0.0)},
+    "ack_delay": {"fraction": ("fraction", 0.0), "delay_s": ("range", [1.0, 3.0])},
+    "command_ignore": {"fraction": ("fraction", 0.0), "window_s": ("window", None)},
+    "command_reject": {"fraction": ("fraction", 0.0),
+                       "reason": ("reason", "local control mode")},
 }
+# the faults whose devices are chosen among the batteries, disjoint (see sim.control)
+CONTROL_FRACTIONS = ("command_reject", "command_ignore", "ack_delay")
 ANOMALY_MODES = ("out_of_range", "nan")
 
 DEFAULT_PRESET: dict[str, dict[str, Any]] = {
@@ -53,6 +63,10 @@ DEFAULT_PRESET: dict[str, dict[str, Any]] = {
     "malformed": {"per_asset_hour": 0.05},
     "crash": {"per_asset_hour": 0.01},
     "crash_loop": {"per_asset_hour": 0.002, "quarantine_s": 600},
+    "command_loss": {"probability": 0.01},
+    "ack_delay": {"fraction": 0.05, "delay_s": [1, 3]},
+    "command_ignore": {"fraction": 0.03},
+    "command_reject": {"fraction": 0.02, "reason": "local control mode"},
 }
 
 
@@ -148,6 +162,19 @@ def _check(where: str, kind: str, value: Any) -> Any:
             if not _number(item) or item <= 0:
                 raise SimConfigError(f"{where}[{i}]: expected seconds > 0, got {item!r}")
         return [float(v) for v in value]
+    if kind == "window":
+        if value is None:
+            return None
+        if (not isinstance(value, list) or len(value) != 2 or not all(map(_number, value))
+                or not 0 <= value[0] < value[1]):
+            raise SimConfigError(f"{where}: expected null (the whole run) or [start, end] "
+                                 f"seconds with 0 <= start < end, got {value!r}")
+        return [float(v) for v in value]
+    if kind == "reason":
+        if not isinstance(value, str) or not value.strip() or len(value) > 200:
+            raise SimConfigError(f"{where}: expected a reason of 1 to 200 characters, "
+                                 f"got {value!r}")
+        return value
     # modes
     if not isinstance(value, list) or not value or any(m not in ANOMALY_MODES for m in value):
         raise SimConfigError(f"{where}: expected a non-empty list of "

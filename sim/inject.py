@@ -164,11 +164,13 @@ class Injector:
         if "dropout" in names and dev.due(t) and dev.may_lose(t):
             dev.note_report(t, reading)
             self.applied["dropout"] += 1
+            dev.lost_report_at = t
             reported = True
         if "anomalous" in names and not reported and dev.may_lose(t):
             em.emit(dev, self._bad_value(dev, reading), BAD_VALUE, dev.stamp(t))
             dev.note_report(t, reading)
             self.applied["anomalous"] += 1
+            dev.lost_report_at = t
             reported = True
         if not reported and dev.due(t):
             dev.note_report(t, reading)
@@ -236,11 +238,16 @@ class Injector:
     def may_crash(self, dev: Device, t: float, loop: bool) -> bool:
         """A crash must not share a restart window with another one (its restart would then
         wait, and samples meanwhile be deferred); a crash loop needs a device the runtime sees
-        online, so that the quarantine and the release are the only changes it causes."""
+        online, so that the quarantine and the release are the only changes it causes. Its
+        samples are deferred until the quarantine two steps later, so the device's offline
+        timeout must not end before then (a lost report may have left it little margin)."""
         exp = dev.expect
         if exp.status != RUNNING or t - dev.last_crash < self.within_s:
             return False
-        return not loop or (dev.connected and exp.accepted_at is not None)
+        if not loop:
+            return True
+        return (dev.connected and exp.accepted_at is not None
+                and exp.accepted_at + dev.timeout_s > t + 2 * self.step_s)
 
 
 def outcome_counts(counts: Sequence[int]) -> dict[str, int]:

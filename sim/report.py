@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sim.config import START
+from sim.control import control_section
 from sim.devices import Device
 from sim.inject import outcome_counts
 from sim.runner import SimResult
@@ -41,7 +42,7 @@ def build_report(result: SimResult) -> dict[str, Any]:
                         "runtime_failures": result.metrics.get("supervisor_failures", 0),
                         "runtime_restarts": result.metrics.get("supervisor_restarts", 0),
                         "runtime_quarantines": result.metrics.get("supervisor_quarantines", 0)},
-        "commands": _commands(result),
+        "control": _control(result),
         "rollups": _rollups(result),
         "totals": {"samples_sent": result.samples_sent, "batches": result.batches,
                    "steps": result.config.steps,
@@ -70,7 +71,8 @@ def _scenario(result: SimResult) -> dict[str, Any]:
             "store": config.store is not None,
             "thresholds": {"allowed_skew_s": model.defaults.allowed_skew_s,
                            "retention_s": model.defaults.retention_s},
-            "faults_source": result.plan.source, "faults": result.plan.to_dict()}
+            "faults_source": result.plan.source, "faults": result.plan.to_dict(),
+            "dispatches": [entry.to_dict() for entry in result.schedule]}
 
 
 def _truth(devices: Sequence[Device], start: float, end: float) -> dict[str, Any]:
@@ -165,18 +167,10 @@ def _quality(result: SimResult) -> dict[str, Any]:
     return {**classes, "all_match": all(c["injected"] == c["counted"] for c in classes.values())}
 
 
-def _commands(result: SimResult) -> dict[str, Any]:
-    converged = diverged = never = 0
-    for desired, reported in result.batteries.values():
-        if desired is None:
-            never += 1
-        elif desired == reported:
-            converged += 1
-        else:
-            diverged += 1
-    return {**result.commands, "batteries": len(result.batteries),
-            "desired_equals_reported": converged, "desired_differs": diverged,
-            "never_commanded": never}
+def _control(result: SimResult) -> dict[str, Any]:
+    if result.control is None:
+        return {}
+    return control_section(result.control, result.metrics, START)
 
 
 def _rollups(result: SimResult) -> dict[str, Any]:

@@ -4,8 +4,13 @@ Time is virtual: the fleet runs on a :class:`twin.VirtualClock` that only the ru
 (``fleet.advance``), one step at a time. Paced mode (``speed``) runs the very same steps and
 only waits, before each advance, until the wall clock has caught up with ``virtual / speed``,
 so a paced run gives the same report as a virtual one. Each step: due releases, this step's
-fault events, every device's physics and report, ingest in wire-format batches, actor crashes,
-and every ``dispatch_every_s`` the control application's battery setpoints.
+fault events, every device's physics and report, ingest in wire-format batches, actor crashes.
+
+Control closes the loop: the fleet sends its commands through :class:`sim.transport.SimTransport`
+to the simulated batteries, and the runner starts the scheduled dispatches
+(:mod:`sim.schedule`). While a dispatch runs (or acknowledgements are on their way) a step's
+advance is cut into control ticks of at most a second, so the fleet's closed loop runs at its
+own pace between the devices' reports; otherwise a step is one advance.
 """
 
 from __future__ import annotations
@@ -18,13 +23,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.config import START, SimConfig, SimConfigError
+from sim.control import ControlRecorder, DispatchTrace
 from sim.devices import Device, Physics
 from sim.faults import FaultPlan
 from sim.fleetgen import generate_fleet
 from sim.inject import Emitter, Injector
-from sim.physics import BatteryPhysics, ChargerPhysics, TurbinePhysics, WindField, site_wind_mean
+from sim.physics import (
+    DEAD_TIME_S,
+    TIME_CONSTANT_S,
+    BatteryPhysics,
+    ChargerPhysics,
+    TurbinePhysics,
+    WindField,
+    site_wind_mean,
+)
+from sim.schedule import ScheduledDispatch, check_schedule, default_schedule
+from sim.transport import ControlFaults, SimTransport
 from sim.truth import CLEAN, RESTARTING, RUNNING, STOPPED, Thresholds
-from twin import OUTCOMES, AssetUnavailable, Fleet, FleetModel, SupervisionPolicy, VirtualClock
+from twin import OUTCOMES, Fleet, FleetModel, SupervisionPolicy, VirtualClock
+from twin.fleet.control import ControlOptions
 from twin.wire import pack_batch
 
 # The runner predicts a crash loop step by step, so it runs the fleet with this policy: the
@@ -32,6 +49,7 @@ from twin.wire import pack_batch
 SUPERVISION = SupervisionPolicy(max_restarts=3, within_s=60.0, backoff_base_s=0.5,
                                 backoff_max_s=1.0)
 LOOP_FAULTS = SUPERVISION.max_restarts + 1
+CONTROL_TICK_S = 1.0             # the fleet's control tick (its default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +80,8 @@ class SimResult:
     final_state: dict[str, str] = field(default_factory=dict)
     offline_at: dict[str, list[float]] = field(default_factory=dict)
     rollups: dict[str, Any] = field(default_factory=dict)
-    batteries: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # desired, reported
-    commands: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("sent", "accepted", "refused", "lost_in_transport"), 0))
+    schedule: tuple[ScheduledDispatch, ...] = ()
+    control: ControlRecorder | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     samples_sent: int = 0
     batches: int = 0
@@ -105,7 +122,7 @@ class Simulation:
         self.model = model
         rng = random.Random
         self._physics_rng = rng(f"{config.seed}:physics")
-        self._control_rng = rng(f"{config.seed}:control")
+        self._response_rng = rng(f"{config.seed}:response")
         self.fields: dict[str, WindField] = {}
         self.devices = [self._device(i, asset_id) for i, asset_id in enumerate(sorted(
             model.assets))]
@@ -118,6 +135,35 @@ class Simulation:
         self.emitter = Emitter(self.result.injected)
         self._schedule: dict[int, list[Callable[[Fleet], None]]] = {}
         self._seen_transitions = 0
+        # control: the dispatch schedule, the control faults, the transport to the batteries
+        schedule = (default_schedule(model, config.duration_s) if config.dispatches is None
+                    else tuple(config.dispatches))
+        members = check_schedule(schedule, model, config.duration_s)
+        self.result.schedule = schedule
+        self.traces = [DispatchTrace(entry, ids) for entry, ids in zip(schedule, members,
+                                                                       strict=True)]
+        # while control is busy a step's advance is cut at every whole second (the fleet's
+        # control tick); a step shorter than two seconds stays one advance (one tick)
+        whole = math.floor(self.dt + 1e-9)
+        self.cuts = ([float(i) for i in range(1, whole)] if whole >= 2 else [])
+        self.tick_s = CONTROL_TICK_S
+        self._sliced = False             # this step's advance is cut into ticks
+        battery = model.kinds.get("battery")
+        # the battery kind's dead time and settle time, plus a step: the simulated batteries
+        # report once a step, so the runtime sees them follow up to a step late
+        self.follow_timeout_s = (config.follow_timeout_s if config.follow_timeout_s is not None
+                                 else battery.dead_time_s + battery.settle_s + self.dt)
+        follow = battery.follows["setpoint_kw"]
+        self.clock = VirtualClock(start=START)
+        self.control_faults = ControlFaults(plan, rng(f"{config.seed}:control"), self.batteries,
+                                            START, frozenset(a for ids in members for a in ids))
+        self.transport = SimTransport(self.by_id, self.control_faults,
+                                      rng(f"{config.seed}:transport"), self.clock)
+        self.recorder = ControlRecorder(
+            self.by_id, self.control_faults, self.transport,
+            {d.id: follow.tolerance(model.assets[d.id]) for d in self.batteries},
+            self.follow_timeout_s, self.dt, self.tick_s, self.traces)
+        self.result.control = self.recorder
 
     def _device(self, index: int, asset_id: str) -> Device:
         spec = self.model.assets[asset_id]
@@ -129,8 +175,12 @@ class Simulation:
                 wind = self.fields[spec.site] = WindField(rng, site_wind_mean(rng))
             physics = TurbinePhysics(spec.rated_kw, wind, rng)
         elif spec.kind == "battery":
+            response = self._response_rng
             physics = BatteryPhysics(spec.rated_kw, spec.capacity_kwh or spec.rated_kw,
-                                     rng.uniform(0.2, 0.8))
+                                     rng.uniform(0.2, 0.8),
+                                     dead_time_s=response.uniform(*DEAD_TIME_S),
+                                     time_constant_s=response.uniform(*TIME_CONSTANT_S),
+                                     t=START - self.dt)
         elif spec.kind == "charger":
             physics = ChargerPhysics(spec.rated_kw, rng)
         else:
@@ -149,20 +199,21 @@ class Simulation:
             monotonic: Callable[[], float]) -> SimResult:
         result, config = self.result, self.config
         wall0 = monotonic()
-        clock = VirtualClock(start=START)
+        clock = self.clock
+        control = ControlOptions(tick_s=CONTROL_TICK_S, follow_timeout_s=self.follow_timeout_s)
         with Fleet(self.model, clock=clock, seed=config.seed, supervision=SUPERVISION,
-                   command_sink=self._deliver_command, store=config.store,
+                   transport=self.transport, control=control, store=config.store,
                    transitions_kept=2 * len(self.devices) + 1000) as fleet:
             result.build_wall_s = monotonic() - wall0
+            fleet.subscribe_dispatches(self.recorder.on_report)
             if on_fleet is not None:
                 on_fleet(fleet)
             run0 = monotonic()
-            dispatch_every = max(1, round(config.dispatch_every_s / self.dt))
             for k in range(config.steps):
-                self._step(fleet, k, dispatch=k % dispatch_every == 0)
+                self._step(fleet, k)
                 if config.speed is not None:
                     sleep(max(0.0, run0 + (k + 1) * self.dt / config.speed - monotonic()))
-                fleet.advance(self.dt)
+                self._advance(fleet, k)
                 self._collect_transitions(fleet)
                 if progress is not None:
                     progress(Progress(k + 1, config.steps, (k + 1) * self.dt,
@@ -176,8 +227,9 @@ class Simulation:
         result.malformed_by_variant = dict(self.injector.malformed_by_variant)
         return result
 
-    def _step(self, fleet: Fleet, k: int, *, dispatch: bool) -> None:
+    def _step(self, fleet: Fleet, k: int) -> None:
         t = START + k * self.dt
+        self._sliced = bool(self.cuts) and self._control_busy(t, t + self.dt)
         dt, em, injector = self.dt, self.emitter, self.injector
         defaults = self.model.defaults
         em.limits = Thresholds(t, defaults.allowed_skew_s, defaults.retention_s)
@@ -204,10 +256,9 @@ class Simulation:
                 reading = dev.read(t)
                 dev.note_report(t, reading)
                 em.emit(dev, reading, CLEAN, dev.stamp(t))
+        self.recorder.observe(t)
         self._ingest(fleet, em.out, t)
         self._crashes(fleet, events, t, k)
-        if dispatch:
-            self._dispatch(fleet, t)
 
     def _ingest(self, fleet: Fleet, samples: list[Any], t: float) -> None:
         result, size = self.result, self.config.batch_size
@@ -240,41 +291,68 @@ class Simulation:
         """Four faults at once: the first restart is immediate, the second waits (the actor
         is restarting at the next step: samples are deferred), the third fails at the next
         advance, the fourth at the one after, past the intensity: quarantined from step k+2.
-        The operator (the simulator) releases it after ``quarantine_s``."""
+        When this step's advance is cut into one-second ticks (control is busy), the two
+        backoffs (<= 0.5 s, then <= 1 s) run out in its first two ticks: quarantined from
+        step k+1. The operator (the simulator) releases it after ``quarantine_s``."""
         for _ in range(LOOP_FAULTS):
             fleet.inject_fault(dev.id, "sim: injected crash loop")
         dev.last_crash = t
-        dev.expect.status = RESTARTING
         self.injector.applied["crash_loop"] += 1
         quarantine_s = self.injector.plan.get("crash_loop", "quarantine_s")
         release = k + max(3, math.ceil(quarantine_s / self.dt))
-        self._schedule.setdefault(k + 2, []).append(lambda _: _set_status(dev, STOPPED))
+        if self._sliced:
+            dev.expect.status = STOPPED
+        else:
+            dev.expect.status = RESTARTING
+            self._schedule.setdefault(k + 2, []).append(lambda _: _set_status(dev, STOPPED))
         self._schedule.setdefault(release, []).append(lambda f: _release(f, dev))
 
-    # -- the control application -------------------------------------------------------------
+    # -- time and control ------------------------------------------------------------------
 
-    def _dispatch(self, fleet: Fleet, t: float) -> None:
-        """Battery setpoints: discharge and charge in a four-hour cycle, with per-battery
-        spread, refused by the runtime for any battery it does not see online."""
-        phase = math.sin(2.0 * math.pi * (t - START) / (4 * 3600.0))
-        commands, rng = self.result.commands, self._control_rng
-        for dev in self.batteries:
-            share = max(-1.0, min(1.0, 0.7 * phase + rng.uniform(-0.3, 0.3)))
-            commands["sent"] += 1
-            try:
-                fleet.command(dev.id, {"setpoint_kw": round(share * dev.rated_kw, 1)})
-                commands["accepted"] += 1
-            except AssetUnavailable:
-                commands["refused"] += 1
-
-    def _deliver_command(self, asset_id: str, desired: Any) -> None:
-        """The transport to devices: a device that is cut off never gets the command."""
-        dev = self.by_id[asset_id]
-        if not dev.connected:
-            self.result.commands["lost_in_transport"] += 1
+    def _advance(self, fleet: Fleet, k: int) -> None:
+        """Move the fleet to the end of step ``k``: in control ticks while control is busy
+        (scheduled dispatches start at the first tick at or after their START), else at once.
+        Delayed acknowledgements reach the runtime before the tick they are due by."""
+        t0 = START + k * self.dt
+        t1 = t0 + self.dt
+        if not self._sliced:
+            self._start_dispatches(fleet, t0)
+            self.transport.release_acks(t1)
+            fleet.advance(t1 - self.clock.now())
+            self._poll(fleet, t1)
             return
-        assert isinstance(dev.physics, BatteryPhysics)
-        dev.physics.setpoint_kw = float(desired["setpoint_kw"])
+        for until in [t0 + cut for cut in self.cuts] + [t1]:
+            now = self.clock.now()
+            self._start_dispatches(fleet, now)
+            self.transport.release_acks(until)
+            fleet.advance(until - now)
+            self._poll(fleet, until)
+
+    def _poll(self, fleet: Fleet, at: float) -> None:
+        flagged: set[str] = set()
+        for rollup in fleet.rollups("owner").values():
+            flagged.update(rollup.not_following)
+        self.recorder.poll(at, frozenset(flagged))
+
+    def _control_busy(self, t0: float, t1: float) -> bool:
+        if self.transport.acks_pending:
+            return True
+        for trace in self.traces:
+            if trace.dispatch_id is None:
+                if START + trace.entry.start_s < t1:
+                    return True
+            elif trace.active or START + trace.entry.end_s + self.tick_s > t0:
+                return True
+        return False
+
+    def _start_dispatches(self, fleet: Fleet, now: float) -> None:
+        for trace in self.traces:
+            entry = trace.entry
+            if trace.dispatch_id is None and START + entry.start_s <= now + 1e-9:
+                dispatch = fleet.dispatch(
+                    entry.path, entry.target_kw, duration_s=START + entry.end_s - now,
+                    strategy=entry.strategy, ramp_kw_per_s=entry.ramp_kw_per_s)
+                self.recorder.started(trace, dispatch.id, now, dispatch.report())
 
     # -- what the runtime says ---------------------------------------------------------------
 
@@ -293,11 +371,8 @@ class Simulation:
     def _finish(self, fleet: Fleet) -> None:
         result = self.result
         result.rollups = fleet.rollups("owner")
-        for dev in self.batteries:
-            view = fleet.asset(dev.id)
-            result.batteries[dev.id] = (view.desired.get("setpoint_kw"),
-                                        view.reported.get("setpoint_kw"))
         result.metrics = fleet.metrics()
+        self.recorder.finish(result.metrics.get("commands_by_state", {}), fleet.commands())
         if fleet.store is not None:
             fleet.flush()
 

@@ -42,15 +42,11 @@ def summary_tables(report: dict[str, Any]) -> tuple[str, list[Table]]:
                        f"{rt['power_kw'] / 1000:,.2f}",
                        f"{tr['power_kw_of_reporting'] / 1000:,.2f}",
                        f"{tr['power_kw'] / 1000:,.2f}"])
-    cmd, sup = report["commands"], report["supervision"]
+    sup = report["supervision"]
     o_rows = [
         ["samples sent", f"{tot['samples_sent']:,} in {tot['batches']:,} batches"],
         ["throughput", f"{tp['samples_per_s']:,.0f} samples/s overall, "
                        f"{tp['ingest_samples_per_s']:,.0f}/s in ingest"],
-        ["battery commands", f"{cmd['sent']:,} sent, {cmd['accepted']:,} accepted, "
-                             f"{cmd['refused']:,} refused, {cmd['lost_in_transport']:,} lost"],
-        ["desired = reported", f"{cmd['desired_equals_reported']:,} of {cmd['batteries']:,} "
-                               "batteries"],
         ["actor crashes", f"{sup['crashes_injected']:,} + {sup['crash_loops_injected']:,} loops "
                           f"injected; runtime: {sup['runtime_restarts']:,} restarts, "
                           f"{sup['runtime_quarantines']:,} quarantined"],
@@ -60,8 +56,50 @@ def summary_tables(report: dict[str, Any]) -> tuple[str, list[Table]]:
         ("Offline detection", ("", ""), d_rows),
         ("Roll-ups at the end", ("owner", "reporting", "truly up", "off/unk/quar",
                                  "MW runtime", "MW true (reporting)", "MW true (all)"), r_rows),
+        ("Control", ("", ""), control_rows(report.get("control", {}))),
         ("Run", ("", ""), o_rows),
     ]
+
+
+def control_rows(control: dict[str, Any]) -> list[list[str]]:
+    """Dispatches, not-following detection and commands, a line or two each."""
+    if not control:
+        return []
+    rows = []
+    for dispatch_id, d in control["dispatches"].items():
+        rows.append([f"dispatch {dispatch_id} on {d['path']}",
+                     f"{d['target_kw']:,.1f} kW from {_duration(d['start_s'])} to "
+                     f"{_duration(d['end_s'])}, {d['members']:,} batteries"])
+        rows.append(["  RMS error of achieved", f"{_kw(d['rms_error_kw'])} "
+                     f"({_pct(d['rms_error_pct'])}); once within 5 %: "
+                     f"{_kw(d['rms_error_settled_kw'])}; true power: "
+                     f"{_kw(d['true_rms_error_kw'])}"])
+        rows.append(["  within 5 % of target after", _secs(d["time_to_5pct_s"])])
+    nf = control["not_following"]
+    causes = ", ".join(f"{n} {c.replace('_', ' ')}" for c, n in sorted(
+        nf["false_by_cause"].items()))
+    rows += [
+        ["devices ignoring setpoints", f"{nf['ignoring_devices']:,} ({nf['longer_than_timeout']:,}"
+                                       f" longer than the timeout, detected "
+                                       f"{nf['detected_longer']:,})"],
+        ["not-following detections", f"{nf['detections']:,} ({nf['false_detections']:,} false"
+                                     + (f": {causes})" if causes else ")")],
+        ["  precision / recall", f"{_ratio(nf['precision'])} / {_ratio(nf['recall'])}"],
+    ]
+    cmd = control["commands"]
+    states = ", ".join(f"{n:,} {s}" for s, n in cmd["by_final_state"].items())
+    rejected, unacked = cmd["rejected"], cmd["not_acknowledged"]
+    rows += [
+        ["commands by final state", states or "none"],
+        ["  rejected: injected / counted", f"{rejected['injected']:,} / {rejected['counted']:,} "
+         f"{'ok' if rejected['injected'] == rejected['counted'] else 'MISMATCH'}"],
+        ["  lost / unreachable / acked late", f"{unacked['injected_lost']:,} / "
+                                              f"{unacked['injected_unreachable']:,} / "
+                                              f"{unacked['injected_acks_delayed']:,}: "
+                                              f"{unacked['counted_never_delivered']:,} never "
+                                              "delivered"],
+    ]
+    return rows
 
 
 def write_plain(report: dict[str, Any], out: TextIO) -> None:
@@ -90,8 +128,16 @@ def write_rich(report: dict[str, Any], out: TextIO) -> None:
         for i, header in enumerate(headers):
             table.add_column(header, justify="left" if i == 0 else "right")
         for row in rows:
-            table.add_row(*[f"[red]{c}[/red]" if c == "MISMATCH" else c for c in row])
+            table.add_row(*[f"[red]{c}[/red]" if "MISMATCH" in c else c for c in row])
         console.print(table)
+
+
+def _kw(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f} kW"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} %"
 
 
 def _ratio(value: float | None) -> str:

@@ -84,6 +84,14 @@ def test_mix_sites_and_report_intervals_shape_the_generated_fleet(
     (["--assets", "0"], "--assets: expected at least 1 asset, got 0"),
     (["--faults", "nope.json"], "--faults nope.json: cannot read it"),
     (["--deadband", "turbine"], "--deadband: 'turbine' is not kind=value"),
+    (["--dispatch", "acme:lots@1m-2m"], "--dispatch 'acme:lots@1m-2m': 'lots' is not a power in "
+                                        "kW (examples: 500, -250, 1.5MW)"),
+    (["--dispatch", "acme@1m-2m"], "--dispatch 'acme@1m-2m': expected PATH:KW@START-END"),
+    (["--assets", "50", "--dispatch", "nowhere:5@1m-2m"],
+     "--dispatch 'nowhere:5@1m-2m': unknown path 'nowhere' (valid, e.g.: acme, borealis"),
+    (["--dispatch", "none", "--dispatch", "acme:5@1m-2m"], "--dispatch none: runs no dispatch, "
+                                                           "so it cannot be given with other"),
+    (["--scenario", "nope.json"], "--scenario nope.json: cannot read it"),
 ])
 def test_bad_options_are_refused_with_the_option_and_its_value(
         argv: list[str], message: str) -> None:
@@ -99,7 +107,7 @@ def test_help_documents_every_option_with_an_example(capsys: pytest.CaptureFixtu
     for option in ("--assets", "--fleet", "--owners", "--regions", "--sites", "--mix",
                    "--duration", "--speed", "--seed", "--faults", "--report", "--json",
                    "--fleet-out", "--store", "--step", "--batch", "--report-every",
-                   "--deadband", "--verbose"):
+                   "--deadband", "--verbose", "--dispatch", "--scenario"):
         assert option in text
     assert "twin sim --assets 2000 --duration 2h --speed max --faults default" in text
     assert "docs/simulator.md" in text
@@ -113,6 +121,26 @@ def test_parsers_read_the_usual_spellings() -> None:
     assert parse_speed("max") is None
     assert parse_speed("60x") == parse_speed("60") == 60.0
     assert parse_mix("turbine=2,battery=2") == {"turbine": 0.5, "battery": 0.5}
+
+
+def test_dispatch_options_and_a_scenario_file_run_and_the_summary_shows_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"dispatch": [
+        {"path": "borealis", "target_kw": -300, "start": "2m", "end": "8m"}]}))
+    assert sim([*SHORT, "--dispatch", "cirrus:500@1m-9m", "--scenario", str(scenario),
+                "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(d["path"], d["target_kw"], d["start_s"], d["end_s"]) for d in
+            report["scenario"]["dispatches"]] == [("borealis", -300.0, 120.0, 480.0),
+                                                  ("cirrus", 500.0, 60.0, 540.0)]
+    assert {d["path"] for d in report["control"]["dispatches"].values()} == {"cirrus",
+                                                                              "borealis"}
+    assert sim([*SHORT, "--dispatch", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "\nControl\n" in out and "dispatch d-" not in out
+    assert sim(SHORT) == 0
+    assert re.search(r"dispatch d-1 on \w+/\w+ .* kW from 1 min to 9 min", capsys.readouterr().out)
 
 
 def test_with_a_store_the_run_keeps_a_durable_log(tmp_path: Path,

@@ -15,8 +15,12 @@ from hypothesis import strategies as st
 from sim import SimConfig, SimConfigError, build_report, load_faults, parse_faults, run_simulation
 from sim.faults import DEFAULT_PRESET, poisson
 from sim.report import CLASSES
+from sim.schedule import ScheduledDispatch
 
-SMALL = SimConfig(assets=120, duration_s=1800.0, seed=11)
+# data quality does not depend on control: no dispatch (the control ticks cost time), except
+# where a test says so
+SMALL = SimConfig(assets=120, duration_s=1800.0, seed=11, dispatches=())
+WITH_DISPATCH = SimConfig(assets=120, duration_s=1800.0, seed=11)
 
 
 def run(plan: dict[str, Any], config: SimConfig = SMALL) -> dict[str, Any]:
@@ -45,6 +49,19 @@ SINGLE_FAULTS = [
     ({"crash_loop": {"per_asset_hour": 1.0, "quarantine_s": 300}}, "quarantined"),
     ({"crash_loop": {"per_asset_hour": 1.0}}, "deferred"),
 ]
+
+
+@pytest.mark.parametrize("step", [1.5, 2.0, 2.5, 20.0])
+def test_crash_loops_during_a_dispatch_are_counted_as_injected_at_any_step(step: float) -> None:
+    """A dispatch cuts each step's advance into one-second control ticks, so a crash loop
+    reaches its quarantine a step sooner than between dispatches; the truth must know."""
+    report = run({"crash_loop": {"per_asset_hour": 3.0, "quarantine_s": 60},
+                  "crash": {"per_asset_hour": 2.0}},
+                 SimConfig(assets=30, duration_s=600.0, seed=3, step_s=step,
+                           mix={"battery": 1.0}))
+    assert report["supervision"]["crash_loops_injected"] > 0
+    assert report["quality"]["quarantined"]["injected"] > 0
+    assert_counted_as_injected(report)
 
 
 @pytest.mark.parametrize(("plan", "expected_class"), SINGLE_FAULTS,
@@ -86,7 +103,7 @@ def test_offline_episodes_longer_than_the_timeout_are_all_detected_and_nothing_e
 
 def test_crash_loops_end_in_quarantine_and_single_crashes_only_restart() -> None:
     report = run({"crash": {"per_asset_hour": 2.0},
-                  "crash_loop": {"per_asset_hour": 0.5, "quarantine_s": 3600}})
+                  "crash_loop": {"per_asset_hour": 0.5, "quarantine_s": 3600}}, WITH_DISPATCH)
     sup = report["supervision"]
     assert sup["crash_loops_injected"] > 0
     assert sup["runtime_quarantines"] == sup["crash_loops_injected"]
@@ -122,14 +139,19 @@ def test_clocks_beyond_the_allowed_skew_make_every_sample_future() -> None:
        rates=st.fixed_dictionaries({name: st.floats(0.0, 6.0) for name in (
            "dropout", "offline", "duplicate", "future", "stale_replay", "anomalous", "stuck",
            "malformed", "crash", "crash_loop")}),
-       burst=st.floats(0.0, 1.0), never=st.floats(0.0, 0.3), skew=st.floats(0.0, 400.0))
+       burst=st.floats(0.0, 1.0), never=st.floats(0.0, 0.3), skew=st.floats(0.0, 400.0),
+       dispatch=st.booleans())
 def test_counted_equals_injected_for_any_rates_and_seed(
-        seed: int, rates: dict[str, float], burst: float, never: float, skew: float) -> None:
+        seed: int, rates: dict[str, float], burst: float, never: float, skew: float,
+        dispatch: bool) -> None:
     plan: dict[str, Any] = {name: {"per_asset_hour": rate} for name, rate in rates.items()}
     plan.update(late_burst={"probability": burst}, never_up={"fraction": never},
                 clock={"fraction": 0.5, "skew_s": skew})
     plan["crash_loop"]["quarantine_s"] = 120
-    report = run(plan, SimConfig(assets=25, duration_s=900.0, seed=seed))
+    # half the examples with a dispatch for the middle third of the run (control ticks)
+    schedule = (ScheduledDispatch("acme", 50.0, 300.0, 600.0),) if dispatch else ()
+    report = run(plan, SimConfig(assets=25, duration_s=900.0, seed=seed, owners=1, regions=2,
+                                 dispatches=schedule))
     assert_counted_as_injected(report)
     detection = report["offline_detection"]
     if skew < 300 and detection["detections"]:
@@ -140,7 +162,7 @@ def test_counted_equals_injected_for_any_rates_and_seed(
 
 def test_faults_file_errors_name_the_fault_the_setting_and_the_value(tmp_path: Path) -> None:
     cases = [
-        ({"dropouts": {}}, "unknown fault 'dropouts' (valid: anomalous, clock,"),
+        ({"dropouts": {}}, "unknown fault 'dropouts' (valid: ack_delay, anomalous, clock,"),
         ({"dropout": {"per_asset_hour": -1}}, "dropout.per_asset_hour: expected a number >= 0, "
                                               "got -1"),
         ({"offline": {"lengths_s": [60, "5m"]}}, "offline.lengths_s[1]: expected seconds > 0, "

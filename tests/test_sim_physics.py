@@ -64,13 +64,13 @@ def test_turbines_of_one_site_see_correlated_wind_and_never_exceed_their_rating(
 @settings(max_examples=60, deadline=None)
 @given(setpoints=st.lists(st.floats(-2000.0, 2000.0), min_size=1, max_size=60),
        soc=st.floats(0.0, 1.0), dt=st.sampled_from([1.0, 5.0, 10.0, 20.0]))
-def test_battery_energy_stays_within_capacity_and_power_within_rating(
+def test_an_instant_battery_keeps_energy_within_capacity_and_power_within_rating(
         setpoints: list[float], soc: float, dt: float) -> None:
     battery = BatteryPhysics(rated_kw=250.0, capacity_kwh=500.0, soc=soc)
     for setpoint in setpoints:
+        battery.receive(battery.t, setpoint)
         for _ in range(30):
             before = battery.energy_kwh
-            battery.setpoint_kw = setpoint
             battery.step(dt)
             assert 0.0 <= battery.energy_kwh <= 500.0
             assert -250.0 <= battery.power_kw <= 250.0
@@ -82,7 +82,7 @@ def test_battery_energy_stays_within_capacity_and_power_within_rating(
 
 def test_battery_follows_its_setpoint_until_full() -> None:
     battery = BatteryPhysics(rated_kw=5.0, capacity_kwh=13.5, soc=0.5)
-    battery.setpoint_kw = -5.0                      # charge at full power
+    battery.receive(0.0, -5.0)                      # charge at full power
     battery.step(60.0)
     assert battery.power_kw == -5.0
     for _ in range(200):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -21,25 +22,31 @@ def report_for(config: SimConfig = CONFIG, **kwargs: Any) -> dict[str, Any]:
     return build_report(run_simulation(config, load_faults("default"), **kwargs))
 
 
+@functools.cache
+def default_report() -> dict[str, Any]:
+    """One run of CONFIG for the tests that only read its report (runs repeat exactly)."""
+    return report_for()
+
+
 def without_timings(report: dict[str, Any]) -> str:
     return report_json({k: v for k, v in report.items() if k != "throughput"})
 
 
 def test_same_seed_gives_the_same_report_byte_for_byte_apart_from_timings() -> None:
-    first, second = report_for(), report_for()
+    first, second = default_report(), report_for()
     assert without_timings(first) == without_timings(second)
     assert first["throughput"].keys() == second["throughput"].keys()
 
 
 def test_another_seed_gives_another_report() -> None:
     other = report_for(SimConfig(assets=150, duration_s=1800.0, seed=22))
-    assert without_timings(other) != without_timings(report_for())
+    assert without_timings(other) != without_timings(default_report())
 
 
 def test_report_has_every_section_and_is_plain_json() -> None:
-    report = report_for()
+    report = default_report()
     assert {"scenario", "truth", "detected", "offline_detection", "quality", "faults",
-            "supervision", "commands", "rollups", "totals", "throughput"} <= report.keys()
+            "supervision", "control", "rollups", "totals", "throughput"} <= report.keys()
     assert json.loads(report_json(report)) == report
     assert report["truth"]["assets"].keys() == report["detected"]["assets"].keys()
     assert len(report["truth"]["assets"]) == 150
@@ -47,7 +54,7 @@ def test_report_has_every_section_and_is_plain_json() -> None:
 
 
 def test_rollups_compare_the_runtime_with_the_truth_per_owner() -> None:
-    rollups = report_for()["rollups"]
+    rollups = default_report()["rollups"]
     assert len(rollups) == 3
     for owner in rollups.values():
         runtime, truth = owner["runtime"], owner["truth"]
@@ -59,11 +66,15 @@ def test_rollups_compare_the_runtime_with_the_truth_per_owner() -> None:
             0.06 * runtime["capacity_kw"])
 
 
-def test_battery_commands_reach_devices_and_come_back_as_reported_setpoints() -> None:
-    commands = report_for()["commands"]
-    assert commands["accepted"] > 0
-    assert commands["sent"] == commands["accepted"] + commands["refused"]
-    assert commands["desired_equals_reported"] >= 0.9 * commands["batteries"]
+def test_the_default_run_dispatches_batteries_and_reports_on_control() -> None:
+    report = default_report()
+    control = report["control"]
+    (dispatch,) = control["dispatches"].values()
+    assert dispatch["path"] == report["scenario"]["dispatches"][0]["path"]
+    assert dispatch["time_to_5pct_s"] is not None
+    commands = control["commands"]
+    assert commands["issued"] > 0 and commands["all_match"] is True
+    assert commands["transport"]["deliveries"] >= commands["issued"]
 
 
 def test_paced_run_waits_for_the_wall_clock_and_reports_like_a_virtual_run() -> None:
