@@ -393,14 +393,17 @@ class CommandTable:
             work.resend.append(self._delivery(slot, attempts))
         return work
 
-    def judge(self, slots: np.ndarray, online: np.ndarray, reported: np.ndarray, now: float
-              ) -> tuple[list[int], list[int]]:
+    def judge(self, slots: np.ndarray, online: np.ndarray, reported: np.ndarray, now: float,
+              last_seen: np.ndarray | None = None) -> tuple[list[int], list[int]]:
         """Compare what ``slots`` report with what they were asked; returns the slots that
         started not following and those that stopped (for the roll-ups).
 
         The clock of "not within tolerance" starts when an asset leaves its tolerance and keeps
         running across new setpoints, so a device that ignores a dispatch renewing its lease
-        every tick is still found out after its dead time and settle time.
+        every tick is still found out after its dead time and settle time. It is found out
+        only on evidence: a report that arrived (``last_seen``) after that clock started. A
+        device whose report of following was lost is converging until it reports again, not
+        "not following" on what it said before it was asked.
         """
         state = self.state[slots]
         mode = self.mode[slots]
@@ -417,6 +420,9 @@ class CommandTable:
         since = np.where(out, since, math.nan)
         self.out_since[slots] = since
         late = out & ((now - since) > self.follow_s[slots]) & (state != S.SENT)
+        if last_seen is not None:
+            with np.errstate(invalid="ignore"):
+                late &= last_seen >= since
         old_follow = self.follow[slots]
         follow = np.where(~ruled, FOLLOW_NONE,
                           np.where(within, FOLLOW_CONVERGED,

@@ -328,7 +328,8 @@ class Control:
             ids = [table.ids[s] for s in slots.tolist()]
             inputs = self.read(self.watch("", ids, [table.signal_of(s) or "power_kw"
                                                     for s in slots.tolist()]))
-        started, stopped = table.judge(slots, inputs.states == ONLINE, inputs.values, now)
+        started, stopped = table.judge(slots, inputs.states == ONLINE, inputs.values, now,
+                                       inputs.last_seen)
         flagged = slots[table.follow[slots] == FOLLOW_NOT]
         self.cooldown_until[flagged] = now + self.options.cooldown_s
         self._flag(started, True)
