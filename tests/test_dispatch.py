@@ -40,9 +40,14 @@ class Plant:
         self.soc: dict[str, float] = {}
         self.deaf: set[str] = set()        # acknowledge, but do not follow
         self.silent: set[str] = set()      # stopped reporting
+        self.refusing: set[str] = set()    # reject every command
+        self.stuck: dict[str, float] = {}  # deliver this, whatever they are asked
 
     def deliver(self) -> None:
         for delivery in self.transport.take():
+            if delivery.asset_id in self.refusing:
+                self.transport.reject(delivery, "local control mode")
+                continue
             self.transport.ack(delivery)
             self.setpoints[delivery.asset_id] = float(delivery.desired["setpoint_kw"])
 
@@ -51,7 +56,8 @@ class Plant:
         for asset_id in sorted(self.fleet.model.assets):
             if asset_id in self.silent or not asset_id.startswith("b-"):
                 continue
-            power = 0.0 if asset_id in self.deaf else self.setpoints.get(asset_id, 0.0)
+            power = (self.stuck[asset_id] if asset_id in self.stuck else
+                     0.0 if asset_id in self.deaf else self.setpoints.get(asset_id, 0.0))
             samples.append(Sample(asset_id, self.clock.now(), {
                 "power_kw": power, "soc_pct": self.soc.get(asset_id, 50.0)}))
         self.fleet.ingest(samples)
@@ -315,3 +321,66 @@ def test_devices_that_acknowledge_slower_than_the_tick_are_not_left_out(
     report = dispatch.report()
     assert report is not None and report.excluded == {} and report.eligible == 4
     assert fleet.metrics()["command_acks_stale"] > 0
+
+
+def test_a_battery_that_rejects_its_setpoint_sits_out_and_its_share_moves(
+        fleet: Fleet, plant: Plant) -> None:
+    plant.refusing.add("b-1")
+    dispatch = fleet.dispatch("acme/north", 300.0, duration_s=600)
+    for _ in range(3):
+        plant.step()
+    report = dispatch.report()
+    assert report is not None
+    assert report.excluded == {"rejecting commands": ("b-1",)}
+    assert plant.setpoints == {"b-0": 100.0, "b-2": 100.0, "b-3": 100.0}
+    assert report.achieved_kw == pytest.approx(300.0)
+
+
+def test_what_left_out_members_deliver_is_taken_off_the_target(
+        fleet: Fleet, plant: Plant) -> None:
+    plant.stuck["b-3"] = 100.0                 # discharging at full power, deaf to setpoints
+    dispatch = fleet.dispatch("acme/north", 250.0, duration_s=600)
+    for _ in range(13):
+        plant.step()
+    report = dispatch.report()
+    assert report is not None and "b-3" in report.excluded["not following its setpoint"]
+    assert report.uncontrolled_kw == pytest.approx(100.0)
+    assert report.allocated_kw == pytest.approx(150.0) and report.ok
+    assert report.achieved_kw == pytest.approx(250.0)       # not 350: no overshoot
+
+
+def test_a_battery_that_ignores_setpoints_and_acknowledges_late_is_found_out(
+        fleet: Fleet, plant: Plant, transport: RecordingTransport) -> None:
+    dispatch = fleet.dispatch("acme/north", 200.0, duration_s=600)
+    in_flight: list[list[Any]] = []
+    flagged: list[tuple[str, ...]] = []
+    for _ in range(16):
+        sent = transport.take()
+        for delivery in sent:                   # the others acknowledge at once
+            if delivery.asset_id != "b-2":
+                transport.ack(delivery)
+                plant.setpoints[delivery.asset_id] = delivery.desired["setpoint_kw"]
+        in_flight.append([d for d in sent if d.asset_id == "b-2"])
+        if len(in_flight) > 2:                  # b-2 acknowledges two ticks late, and idles
+            for delivery in in_flight.pop(0):
+                transport.ack(delivery)
+        fleet.advance(1)
+        plant.report()
+        flagged.append(fleet.rollup("acme/north").not_following)
+    assert flagged[9] == () and flagged[10] == ("b-2",)   # after dead time + settle time
+    # left out, its lease ends and it idles at its default, which it follows: no longer
+    # flagged, but it sits out its cool-down
+    assert flagged[-1] == ()
+    report = dispatch.report()
+    assert report is not None and report.excluded == {"not following its setpoint": ("b-2",)}
+
+
+def test_a_member_silent_for_one_and_a_half_report_intervals_sits_out_as_stale(
+        fleet: Fleet, plant: Plant) -> None:
+    dispatch = fleet.dispatch("acme/north", 200.0, duration_s=600)
+    plant.silent.add("b-0")
+    for _ in range(16):                         # report interval 10 s: stale after 15 s
+        plant.step()
+    report = dispatch.report()
+    assert report is not None and fleet.asset("b-0").state == "online"
+    assert report.excluded == {"stale (no report for 1.5 report intervals)": ("b-0",)}

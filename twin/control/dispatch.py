@@ -40,7 +40,8 @@ class DispatchSpec:
     ramp_kw_per_s: float | None = None
     lease_s: float = 3.0                # each tick's setpoints end unless renewed
     flip_threshold_kw: float | None = None   # hysteresis; None: 1 % of the members' rating
-    stale_after_s: float = 30.0         # a member whose last report is older sits out
+    stale_after_s: float | None = None  # a member whose last report is older sits out
+                                        # (None: 1.5 times the member's report interval)
     soc_min_pct: float = 5.0            # no discharge at or below
     soc_max_pct: float = 95.0           # no charge at or above
 
@@ -79,6 +80,7 @@ class DispatchReport:
     excluded_counts: Mapping[str, int] = field(default_factory=dict)
     ok: bool = False
     reason: str | None = None          # why it ended, when it did
+    uncontrolled_kw: float = 0.0       # what members left out deliver (taken off the target)
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -111,6 +113,7 @@ class MemberInputs:
     soc_pct: np.ndarray         # float, NaN if unknown
     not_following: np.ndarray   # bool: flagged, or in its cool-down
     not_acknowledging: np.ndarray   # bool: its last commands went unacknowledged
+    rejecting: np.ndarray       # bool: it refused this dispatch's setpoint (or in cool-down)
 
 
 @dataclass(slots=True)
@@ -123,11 +126,13 @@ class Planned:
 class DispatchPlan:
     """One dispatch between ticks (see the module docstring)."""
 
-    def __init__(self, spec: DispatchSpec, asset_ids: Sequence[str], rated_kw: np.ndarray
-                 ) -> None:
+    def __init__(self, spec: DispatchSpec, asset_ids: Sequence[str], rated_kw: np.ndarray,
+                 report_interval_s: np.ndarray) -> None:
         self.spec = spec
         self.asset_ids = list(asset_ids)
         self.rated_kw = rated_kw
+        self.stale_s = (np.full(len(asset_ids), spec.stale_after_s)
+                        if spec.stale_after_s is not None else 1.5 * report_interval_s)
         self.ramped: float | None = None
         self.direction = 0
         self.status = "active"
@@ -156,19 +161,27 @@ class DispatchPlan:
         achieved = float(reported[online].sum())
         target = self.ramp_target(now, tick_s, achieved)
         reasons: dict[str, np.ndarray] = {}
-        fresh = online & ~((now - inputs.last_seen) > spec.stale_after_s)
+        fresh = online & ~((now - inputs.last_seen) > self.stale_s)
         for name, mask in (("offline", states == OFFLINE),
                            ("unknown (never reported)", states == UNKNOWN),
                            ("decommissioned", states == DECOMMISSIONED),
                            ("quarantined", states == QUARANTINED),
                            ("shard down", states == 255),
-                           (f"stale (no report for {spec.stale_after_s:g} s)", online & ~fresh),
-                           ("not following its setpoint", fresh & inputs.not_following),
+                           ("stale (no report for 1.5 report intervals)"
+                            if spec.stale_after_s is None else
+                            f"stale (no report for {spec.stale_after_s:g} s)", online & ~fresh),
+                           ("rejecting commands", fresh & inputs.rejecting),
+                           ("not following its setpoint",
+                            fresh & ~inputs.rejecting & inputs.not_following),
                            ("not acknowledging commands",
-                            fresh & ~inputs.not_following & inputs.not_acknowledging)):
+                            fresh & ~inputs.rejecting & ~inputs.not_following &
+                            inputs.not_acknowledging)):
             if mask.any():
                 reasons[name] = mask
-        eligible = fresh & ~inputs.not_following & ~inputs.not_acknowledging
+        eligible = (fresh & ~inputs.not_following & ~inputs.not_acknowledging &
+                    ~inputs.rejecting)
+        # members left out still deliver what they deliver: the others make up the rest
+        uncontrolled = float(reported[online & ~eligible].sum())
         soc = inputs.soc_pct
         with np.errstate(invalid="ignore"):
             empty = eligible & (soc <= spec.soc_min_pct)
@@ -182,7 +195,8 @@ class DispatchPlan:
         flip = (0.01 * float(self.rated_kw.sum()) if spec.flip_threshold_kw is None
                 else spec.flip_threshold_kw)
         allocation = allocate(AllocationInput(
-            target_kw=target, max_discharge_kw=max_discharge, max_charge_kw=max_charge,
+            target_kw=target - uncontrolled, max_discharge_kw=max_discharge,
+            max_charge_kw=max_charge,
             soc_pct=soc, eligible=eligible, strategy=spec.strategy,
             previous_direction=self.direction, flip_threshold_kw=flip))
         self.direction = allocation.direction or self.direction
@@ -192,12 +206,12 @@ class DispatchPlan:
         excluded = {r: tuple(ids[i] for i in np.flatnonzero(m)[:EXCLUDED_IDS_SHOWN].tolist())
                     for r, m in reasons.items()}
         counts = {r: int(m.sum()) for r, m in reasons.items()}
-        ok = _covers(allocated_kw, target, allocation.binding)
+        ok = _covers(allocated_kw + uncontrolled, target, allocation.binding)
         report = DispatchReport(
             spec.dispatch_id, spec.path, now, self.status, spec.target_kw, target,
-            allocation.feasible_kw, allocated_kw, 0.0, achieved, achieved - target,
-            allocation.binding, len(ids), int(eligible.sum()),
-            int(np.count_nonzero(setpoints)), excluded, counts, ok, self.reason)
+            allocation.feasible_kw + uncontrolled, allocated_kw, 0.0, achieved,
+            achieved - target, allocation.binding, len(ids), int(eligible.sum()),
+            int(np.count_nonzero(setpoints)), excluded, counts, ok, self.reason, uncontrolled)
         return Planned(setpoints, eligible, report)
 
 

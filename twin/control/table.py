@@ -87,7 +87,8 @@ class DueWork:
 _FLOAT_COLUMNS = ("value", "default", "tol", "follow_s", "issued_at", "delivered_at",
                   "expires_at", "next_try", "out_since")
 _INT_COLUMNS = {"seq": np.int64, "state": np.int8, "mode": np.int8, "attempts": np.int16,
-                "origin": np.int32, "unacked": np.int16, "follow": np.int8, "rule": np.int16}
+                "origin": np.int32, "unacked": np.int16, "follow": np.int8, "rule": np.int16,
+                "reached": np.bool_}
 _FILL = {"value": math.nan, "default": math.nan, "tol": 0.0, "follow_s": 0.0,
          "issued_at": math.nan, "delivered_at": math.nan, "expires_at": math.inf,
          "next_try": math.inf, "out_since": math.nan}
@@ -123,6 +124,7 @@ class CommandTable:
         self.attempts = np.zeros(0, np.int16)
         self.origin = np.zeros(0, np.int32)
         self.unacked = np.zeros(0, np.int16)
+        self.reached = np.zeros(0, np.bool_)     # the transport has acknowledged to it
         self.follow = np.zeros(0, np.int8)
         self.rule = np.zeros(0, np.int16)
         self.value = self.default = self.tol = self.follow_s = np.zeros(0)
@@ -326,6 +328,7 @@ class CommandTable:
         if slot is None:
             return False
         self.unacked[slot] = 0
+        self.reached[slot] = True
         return True
 
     def delivered(self, slot: int, now: float) -> bool:
@@ -335,6 +338,7 @@ class CommandTable:
         self.delivered_at[slot] = now
         self.next_try[slot] = math.inf
         self.unacked[slot] = 0
+        self.reached[slot] = True
         self.counts["delivered"] += 1
         self._event(now, slot, S.DELIVERED)
         return True
@@ -351,6 +355,7 @@ class CommandTable:
         self.delivered_at[current] = now
         self.next_try[current] = math.inf
         self.unacked[current] = 0
+        self.reached[current] = True
         self.counts["delivered"] += len(current)
         if self.events is not None:
             self.events.extend(CommandEvent(now, str(int(self.seq[s])), self.ids[s], "delivered")
@@ -419,7 +424,10 @@ class CommandTable:
         since = np.where(out & np.isnan(since), now, since)
         since = np.where(out, since, math.nan)
         self.out_since[slots] = since
-        late = out & ((now - since) > self.follow_s[slots]) & (state != S.SENT)
+        # judged once delivered, or while the transport evidently reaches the device (a
+        # device acknowledging slower than a dispatch renews its lease is never "delivered")
+        reaching = self.reached[slots] & (self.unacked[slots] < self.policy.max_attempts)
+        late = out & ((now - since) > self.follow_s[slots]) & ((state != S.SENT) | reaching)
         if last_seen is not None:
             with np.errstate(invalid="ignore"):
                 late &= last_seen >= since

@@ -79,6 +79,9 @@ class Acknowledgements(Protocol):
 
     def rejected(self, command_id: str, reason: str) -> None: ...
 
+    def delivered_many(self, command_ids: Sequence[str]) -> None:
+        """Many commands acknowledged at once (cheaper than one call each)."""
+
     def delivered_batch(self, batch: DeliveryBatch) -> None:
         """Every command of ``batch`` acknowledged at once (a transport that speaks in bulk)."""
 

@@ -124,7 +124,8 @@ class Control:
         if transport is not None:
             transport.attach(self)
         self.origins: dict[int, str] = {}             # origin code → dispatch id
-        self.cooldown_until = np.zeros(0)
+        self.cooldown_until = np.zeros(0)         # slot → end of a not-following cool-down
+        self.reject_until = np.zeros(0)           # slot → end of a rejecting cool-down
         self.subscribers: list[CommandCallback] = []
         self._paths: dict[str, tuple[str, ...]] = {}
         self.shard_of_asset: dict[str, int] = {}
@@ -158,9 +159,9 @@ class Control:
             self.shard_of_asset = {a: placement.site_shard[s.site]
                                    for a, s in core.model.assets.items()}
             if len(self.cooldown_until) < len(self.table):
-                grown = np.zeros(max(len(self.table), 2 * len(self.cooldown_until)))
-                grown[:len(self.cooldown_until)] = self.cooldown_until
-                self.cooldown_until = grown
+                size = max(len(self.table), 2 * len(self.cooldown_until))
+                self.cooldown_until = _grown(self.cooldown_until, size)
+                self.reject_until = _grown(self.reject_until, size)
             self._paths = {}
 
     def paths_of(self, asset_id: str) -> tuple[str, ...]:
@@ -278,6 +279,20 @@ class Control:
             if slot is None or not self.table.rejected(slot, self.core.clock.now(),
                                                        str(reason)[:500]):
                 self.counters["acks_stale"] += 1
+        self.emit()
+
+    def delivered_many(self, command_ids: Sequence[str]) -> None:
+        """Many acknowledgements at once (one lock, one hand-off to subscribers)."""
+        with self.lock:
+            now = self.core.clock.now()
+            table = self.table
+            for command_id in command_ids:
+                slot = table.slot_of_command(command_id)
+                if slot is None:
+                    table.late_ack(command_id)
+                    self.counters["acks_stale"] += 1
+                elif not table.delivered(slot, now):
+                    self.counters["acks_stale"] += 1
         self.emit()
 
     def delivered_batch(self, batch: DeliveryBatch) -> None:
@@ -539,6 +554,12 @@ class Control:
                                           logged.reason, now)
             table.logged = []
         return reopened
+
+
+def _grown(column: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(size)
+    out[:len(column)] = column
+    return out
 
 
 def _floats(values: Sequence[Any]) -> np.ndarray:

@@ -115,7 +115,7 @@ class Dispatching:
 
     def start(self, path: str, target_kw: float, *, kinds: Sequence[str], duration_s: float,
               ramp_kw_per_s: float | None, strategy: str, lease_s: float,
-              flip_threshold_kw: float | None) -> str:
+              flip_threshold_kw: float | None, stale_after_s: float | None = None) -> str:
         core = self.core
         core.tree.lookup(path)                      # UnknownPath, with a hint
         _check_number("target_kw", target_kw)
@@ -126,6 +126,8 @@ class Dispatching:
         if flip_threshold_kw is not None and not (_finite(flip_threshold_kw) and
                                                   flip_threshold_kw >= 0):
             raise ValueError(f"flip_threshold_kw must be >= 0, got {flip_threshold_kw!r}")
+        if stale_after_s is not None:
+            _check_positive("stale_after_s", stale_after_s)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got "
                              f"{strategy!r}")
@@ -147,7 +149,8 @@ class Dispatching:
             dispatch_id = f"d-{self._count}"
         spec = DispatchSpec(dispatch_id, path, float(target_kw), kinds, now, now + duration_s,
                             strategy=_strategy(strategy), ramp_kw_per_s=ramp_kw_per_s,
-                            lease_s=lease_s, flip_threshold_kw=flip_threshold_kw)
+                            lease_s=lease_s, flip_threshold_kw=flip_threshold_kw,
+                            stale_after_s=stale_after_s)
         self._activate(spec, members)
         self._record(spec, "active", None, now)
         self.step(self.active[dispatch_id], now)
@@ -158,12 +161,13 @@ class Dispatching:
         table = self.control.table
         slots = np.array([table.slots[a] for a in members], np.int64)
         rated = np.array([model.assets[a].rated_kw for a in members], float)
+        intervals = np.array([model.assets[a].report_interval_s for a in members], float)
         origin = 1 + max(self.control.origins, default=0)
         self.control.origins[origin] = spec.dispatch_id
         signals = [table.signal_of(int(s)) or "power_kw" for s in slots.tolist()]
         field = self._setpoint_field(spec.kinds)
         self.active[spec.dispatch_id] = ActiveDispatch(
-            DispatchPlan(spec, members, rated), slots, field, signals, origin,
+            DispatchPlan(spec, members, rated, intervals), slots, field, signals, origin,
             self.control.watch(f"dispatch:{spec.dispatch_id}", members, signals))
         self._slots = None
 
@@ -274,10 +278,17 @@ class Dispatching:
                 active.watch = control.watch(active.watch.key, plan.asset_ids, active.signals)
             inputs = control.read(active.watch)
             control.judge(slots, now, inputs)
+            # a member that refused this dispatch's setpoint sits out a cool-down (once per
+            # refused command: afterwards it is asked again)
+            refused = slots[(table.state[slots] == CommandState.REJECTED) &
+                            (table.origin[slots] == active.origin) &
+                            (control.reject_until[slots] < table.issued_at[slots])]
+            control.reject_until[refused] = now + control.options.cooldown_s
             planned = plan.plan(now, control.options.tick_s, MemberInputs(
                 inputs.states, inputs.last_seen, inputs.values, inputs.soc_pct,
                 (table.follow[slots] == FOLLOW_NOT) | (control.cooldown_until[slots] > now),
-                table.unacked[slots] >= control.options.retry.max_attempts))
+                table.unacked[slots] >= control.options.retry.max_attempts,
+                control.reject_until[slots] > now))
             chosen = planned.eligible
             report = planned.report
             try:

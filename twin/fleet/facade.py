@@ -280,15 +280,18 @@ class Fleet:
     def dispatch(self, path: str, target_kw: float, *, kinds: Sequence[str] = ("battery",),
                  duration_s: float, ramp_kw_per_s: float | None = None,
                  strategy: str = "headroom", lease_s: float = 3.0,
-                 flip_threshold_kw: float | None = None) -> Dispatch:
+                 flip_threshold_kw: float | None = None,
+                 stale_after_s: float | None = None) -> Dispatch:
         """Run the assets of ``kinds`` under ``path`` as one plant at ``target_kw`` (positive:
         deliver to the grid) for ``duration_s``: every control tick the target is allocated
         over the members that may take part (``strategy`` "headroom" or "soc") and issued as
-        leases of ``lease_s``. See :class:`~twin.fleet.dispatching.Dispatch` and
-        docs/control.md."""
+        leases of ``lease_s``. A member whose last report is older than ``stale_after_s``
+        (default 1.5 report intervals) sits out. See
+        :class:`~twin.fleet.dispatching.Dispatch` and docs/control.md."""
         dispatch_id = self._locked(lambda: self._dispatching.start(
             path, target_kw, kinds=kinds, duration_s=duration_s, ramp_kw_per_s=ramp_kw_per_s,
-            strategy=strategy, lease_s=lease_s, flip_threshold_kw=flip_threshold_kw))
+            strategy=strategy, lease_s=lease_s, flip_threshold_kw=flip_threshold_kw,
+            stale_after_s=stale_after_s))
         return Dispatch(dispatch_id, self._dispatching, self._locked)
 
     def dispatches(self, *, active_only: bool = False) -> list[Dispatch]:
