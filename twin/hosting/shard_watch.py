@@ -110,13 +110,15 @@ class ShardWatch:
         why = f"failed: {failure[0]}" if failure else f"no answer within {self._timeout_s:g}s"
         raise TwinError(f"the fleet supervisor did not report its shards ({why})")
 
-    def tell(self, message: Any) -> None:
-        """Send the supervisor ``message`` on this channel, waiting until it is delivered."""
+    def tell(self, message: Any, deadline_s: float | None = None) -> None:
+        """Send the supervisor ``message`` on this channel, waiting until it is delivered
+        (at most ``deadline_s``, default the call timeout)."""
+        wait_s = self._timeout_s if deadline_s is None else deadline_s
         with self._lock:
             outcome: list[str] = []
-            post(self._channel, self._supervisor, message, self._timeout_s, outcome.append,
+            post(self._channel, self._supervisor, message, wait_s, outcome.append,
                  outcome.append)
-            deadline = time.monotonic() + self._timeout_s
+            deadline = time.monotonic() + wait_s
             while not outcome and time.monotonic() < deadline:
                 self._channel.listen(_SLICE_S)         # stray status replies: dropped
         if not outcome or not outcome[0].startswith("+"):

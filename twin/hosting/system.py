@@ -59,6 +59,9 @@ log = structlog.get_logger("twin.hosting")
 EMBEDDED_BASE = "simpleSystemBase"
 MULTIPROC_BASES = ("multiprocTCPBase", "multiprocQueueBase", "multiprocUDPBase")
 
+# How long a shutdown waits for the fleet supervisor to take its exit request.
+SHUTDOWN_TELL_S = 3.0
+
 # The longest a waiting facade listens before it looks at the shard watch again.
 _LIVENESS_CHECK_S = 0.05
 
@@ -275,7 +278,9 @@ class Hosting:
             if self.watch is not None:
                 # on the watch's channel: the main one may still hold a send to a dead shard
                 try:
-                    self.watch.tell(ActorExitRequest())
+                    # briefly: a supervisor a stop signal took too never acknowledges, and
+                    # the system's shutdown below ends what is left anyway
+                    self.watch.tell(ActorExitRequest(), deadline_s=SHUTDOWN_TELL_S)
                 except TwinError as error:     # the system's shutdown below ends it anyway
                     log.warning("fleet_supervisor_unreachable", reason=str(error))
                 finally:
