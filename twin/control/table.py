@@ -10,6 +10,10 @@ in a bounded history; the store keeps them all.
 
 Nothing here knows about shards, locks or the store: :mod:`twin.fleet.control` feeds it
 reported values and hands what it returns to the transport and the store.
+
+One module, past the usual size: every method reads and writes the same columns, and
+splitting them would put a column's invariants (one open command per slot, versions that
+only grow) in two places.
 """
 
 from __future__ import annotations

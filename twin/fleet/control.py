@@ -5,6 +5,10 @@ Locks: command and dispatch calls run under the fleet lock (they call shards) an
 control lock inside it; a transport's acknowledgements take only the control lock, so they
 never wait on a shard or the store. Roll-up flags ("not following") are set under the view
 lock, after both. See docs/control.md for the states and the loop.
+
+Past the usual size: reading members through shard watches (``watch``/``read``) and writing
+the control log belong in collaborators of their own, and will move there when the device
+adapters (which add a second user of both) arrive.
 """
 
 from __future__ import annotations

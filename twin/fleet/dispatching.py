@@ -8,6 +8,9 @@ them. A dead controller therefore leaves the fleet at the kinds' defaults within
 never stuck at an old setpoint. A dispatch that ends or is cancelled sends the defaults at
 once. After a restart from the store, an active dispatch resumes at the next tick with new
 leases (docs/control.md).
+
+Past the usual size by the ``Dispatch`` handle and the restore path; both are thin views on
+the same active-dispatch book, kept beside it.
 """
 
 from __future__ import annotations
