@@ -17,7 +17,7 @@ from store_urls import (
     sqlite_url,
 )
 
-from twin import Fleet, FleetModel, VirtualClock
+from twin import Fleet, FleetModel, RecordingTransport, VirtualClock
 from twin.web import create_app
 
 START = 1767225600.0   # 2026-01-01T00:00:00Z
@@ -26,6 +26,12 @@ START = 1767225600.0   # 2026-01-01T00:00:00Z
 @pytest.fixture
 def clock() -> VirtualClock:
     return VirtualClock(start=START)
+
+
+@pytest.fixture
+def transport() -> RecordingTransport:
+    """A command transport that keeps deliveries; the test acknowledges or rejects them."""
+    return RecordingTransport()
 
 
 @pytest.fixture

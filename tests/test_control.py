@@ -39,16 +39,6 @@ def battery_site(n: int = 4, rated_kw: float = 100.0) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(start=START)
-
-
-@pytest.fixture
-def transport() -> RecordingTransport:
-    return RecordingTransport()
-
-
-@pytest.fixture
 def fleet(clock: VirtualClock, transport: RecordingTransport) -> Iterator[Fleet]:
     with Fleet(FleetModel.from_dict(battery_site()), clock=clock, transport=transport,
                control=ControlOptions(retry=RetryPolicy(ack_timeout_s=2.0, max_attempts=3,

@@ -28,11 +28,6 @@ def model_dict() -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(start=START)
-
-
-@pytest.fixture
 def open_fleet(store_url: str, clock: VirtualClock) -> Iterator[Opener]:
     opened: list[Fleet] = []
 

@@ -71,16 +71,6 @@ class Plant:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(start=START)
-
-
-@pytest.fixture
-def transport() -> RecordingTransport:
-    return RecordingTransport()
-
-
-@pytest.fixture
 def fleet(clock: VirtualClock, transport: RecordingTransport) -> Iterator[Fleet]:
     with Fleet(FleetModel.from_dict(fleet_dict()), clock=clock, transport=transport) as running:
         yield running

@@ -76,9 +76,11 @@ class ShardWatch:
     fleet's lock was busy), and is called again after the next poll.
     """
 
-    def __init__(self, system: ActorSystem, supervisor: ActorAddress, timeout_s: float
-                 ) -> None:
+    def __init__(self, system: ActorSystem, supervisor: ActorAddress, timeout_s: float,
+                 closing: threading.Event | None = None) -> None:
         self._supervisor = supervisor
+        # the fleet's close: a poll in flight gives up (its supervisor may be gone unheard)
+        self._closing = closing or threading.Event()
         self._timeout_s = timeout_s
         self._private = system.private()
         self._channel: ActorSystem = self._private.__enter__()
@@ -99,7 +101,7 @@ class ShardWatch:
             post(self._channel, self._supervisor, StatusRequest(call_id), self._timeout_s,
                  failure.append)
             deadline = time.monotonic() + self._timeout_s
-            while not failure and not self._stop.is_set():
+            while not failure and not self._stop.is_set() and not self._closing.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

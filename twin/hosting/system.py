@@ -135,7 +135,7 @@ class Hosting:
         self.watch: ShardWatch | None = None
         if not self.embedded:
             try:
-                self.watch = ShardWatch(self.system, self.supervisor, timeout_s)
+                self.watch = ShardWatch(self.system, self.supervisor, timeout_s, self.closing)
             except BaseException:
                 self.system.shutdown()
                 raise
